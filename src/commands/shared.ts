@@ -1,0 +1,37 @@
+import { PivotError } from '../errors.ts';
+import type { OptionSpec } from './types.ts';
+
+/** Registry access flags shared by pull and resolve (containers-auth.json(5) and friends). */
+export const registryOptions: OptionSpec = {
+  authfile: { type: 'string' },
+  'registries-conf': { type: 'string' },
+  'cert-dir': { type: 'string' },
+  platform: { type: 'string' },
+};
+
+export const registryOptionHelp: Record<string, string> = {
+  authfile: 'auth file (default: $REGISTRY_AUTH_FILE, /run/containers/0/auth.json, /root/.docker/config.json)',
+  'registries-conf': 'registries.conf with mirrors and blocks (default: /etc/containers/registries.conf)',
+  'cert-dir': 'directory of extra CA *.crt files (default: /etc/containers/certs.d/HOST[:PORT])',
+  platform: 'OS/ARCH[/VARIANT] to select from a multi-arch index (default: this host)',
+};
+
+/** A subcommand whose capability has not landed says so instead of faking output. */
+export function notImplemented(what: string): never {
+  throw new PivotError('not-implemented', `${what} is not built yet in this version`, {
+    fix: 'use a newer node-image-pivot build; see the project issues for status',
+  });
+}
+
+export function stringOpt(values: Record<string, unknown>, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function requireOpt(values: Record<string, unknown>, name: string, command: string): string {
+  const v = stringOpt(values, name);
+  if (v === undefined || v === '') {
+    throw new PivotError('usage', `${command}: missing --${name}`, { fix: `run 'node-image-pivot ${command} --help'` });
+  }
+  return v;
+}

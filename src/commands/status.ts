@@ -1,0 +1,70 @@
+import type { Command } from './types.ts';
+import { stringOpt } from './shared.ts';
+import { readState, type PivotState } from '../state.ts';
+import { SystemdManager, type ManagerFacts } from '../systemd/manager.ts';
+import { asPivotError } from '../errors.ts';
+
+export interface StatusReport {
+  state: PivotState | null;
+  systemd: ManagerFacts | { error: string };
+}
+
+export async function collectStatus(stateDir: string, busAddress?: string): Promise<StatusReport> {
+  const state = readState(stateDir) ?? null;
+  let systemd: StatusReport['systemd'];
+  try {
+    const mgr = await SystemdManager.connect(busAddress);
+    try {
+      systemd = await mgr.facts();
+    } finally {
+      await mgr.close();
+    }
+  } catch (err) {
+    systemd = { error: asPivotError(err).oneLine() };
+  }
+  return { state, systemd };
+}
+
+export function formatStatus(r: StatusReport): string {
+  const lines: string[] = [];
+  const s = r.state;
+  if (!s) {
+    lines.push('pivot: not run this boot (no state file)');
+  } else {
+    const img = s.image ? `${s.image.reference}${s.image.digest ? ` @ ${s.image.digest}` : ''}` : '(not resolved yet)';
+    lines.push(`pivot: ${s.result}${s.current ? ` (in phase ${s.current})` : ''}, mode ${s.mode}, pid ${s.pid}`);
+    lines.push(`image: ${img}`);
+    if (s.skipReason) lines.push(`skipped: ${s.skipReason}`);
+    lines.push(`started: ${s.startedAt}, updated: ${s.updatedAt}`);
+    for (const p of s.phases) {
+      const secs = p.seconds === undefined ? '' : ` ${p.seconds.toFixed(2)} s`;
+      lines.push(`  ${p.result === 'done' ? '✓' : p.result === 'failed' ? '✗' : p.result === 'skipped' ? '-' : '…'} ${p.name.padEnd(10)}${secs}`);
+    }
+    if (s.error) lines.push(`error: ${s.error.line}`);
+  }
+  if ('error' in r.systemd) lines.push(`systemd: unavailable: ${r.systemd.error}`);
+  else lines.push(`systemd: ${r.systemd.version}, state ${r.systemd.systemState}, default target ${r.systemd.defaultTarget}`);
+  return lines.join('\n');
+}
+
+export const statusCommand: Command = {
+  name: 'status',
+  summary: "show this boot's pivot: phases, timings, image, error and fix, and systemd's state",
+  usage: 'status [--json] [--state-dir DIR]',
+  help: 'Exit code 0 when the pivot is done, skipped or not run; 1 when it failed; 3 while running.',
+  options: {
+    json: { type: 'boolean' },
+    'state-dir': { type: 'string' },
+  },
+  optionHelp: {
+    json: 'print machine-readable JSON',
+    'state-dir': 'where state.json lives (default: /run/node-image-pivot)',
+  },
+  positionals: { names: [], min: 0, max: 0 },
+  async run(args) {
+    const report = await collectStatus(stringOpt(args.values, 'state-dir') ?? '/run/node-image-pivot');
+    process.stdout.write(args.values.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatStatus(report)}\n`);
+    const result = report.state?.result;
+    return result === 'failed' ? 1 : result === 'running' ? 3 : 0;
+  },
+};

@@ -1,0 +1,131 @@
+// The agent's own config file. Installers write it through Ignition; a typo there must stop the
+// pivot with the file, the field and what was expected, never be silently ignored.
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { PivotError, isErrno } from './errors.ts';
+
+export const DEFAULT_CONFIG_PATH = '/etc/node-image-pivot/config.json';
+
+const absolutePath = z.string().min(1).refine((p) => p.startsWith('/'), { message: 'must be an absolute path' });
+const unitName = z
+  .string()
+  .regex(/^[A-Za-z0-9:_.\\@-]+\.(service|target|socket|mount|timer|path|slice|scope)$/, {
+    message: 'must be a systemd unit name such as sshd.service',
+  });
+
+const limitsSchema = z.strictObject({
+  /** Entries across all layers. RHCOS node images have ~60k; 10x headroom. */
+  maxEntries: z.number().int().positive().default(1_000_000),
+  maxPathLength: z.number().int().positive().max(65_536).default(4096),
+  /** Total bytes written to the staging tree. */
+  maxExpandedBytes: z.number().int().positive().default(32 * 1024 ** 3),
+  /** Expanded/compressed bytes per layer, checked once a layer passes 64 MiB expanded. */
+  maxExpansionRatio: z.number().positive().default(100),
+});
+
+const timeoutsSchema = z.strictObject({
+  /** The whole pull's budget, retries included. */
+  pullSeconds: z.number().int().positive().default(3600),
+  /** No byte for this long on an open response counts as a stall. */
+  readSeconds: z.number().int().positive().default(60),
+  connectSeconds: z.number().int().positive().default(30),
+  /** How long to wait for the isolate job's JobRemoved signal. */
+  isolateSeconds: z.number().int().positive().default(900),
+});
+
+export const configSchema = z
+  .strictObject({
+    /** The node image, by digest (preferred) or tag. */
+    image: z.string().min(1).optional(),
+    /** Or a release image whose image-references name the node image. */
+    releaseImage: z.string().min(1).optional(),
+    component: z.string().min(1).default('rhel-coreos'),
+    authfile: absolutePath.optional(),
+    registriesConf: absolutePath.default('/etc/containers/registries.conf'),
+    certDir: absolutePath.optional(),
+    platform: z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, { message: 'must be OS/ARCH[/VARIANT], e.g. linux/amd64' }).optional(),
+    stagingDir: absolutePath.default('/run/node-image-pivot/staging'),
+    stateDir: absolutePath.default('/run/node-image-pivot'),
+    /** Free space needed = compressed size x this factor (expanded tree plus blob cache). */
+    spaceFactor: z.number().min(1).max(100).default(3),
+    skipIfPathExists: z.array(absolutePath).default([]),
+    /** Paths of the booted /usr that stay visible after the switch. */
+    preserve: z.array(absolutePath.refine((p) => p.startsWith('/usr/'), { message: 'must be under /usr/' })).default(['/usr/lib/modules']),
+    restartUnits: z.array(unitName).default(['sshd.service']),
+    isolateTarget: unitName.default('multi-user.target'),
+    concurrency: z.number().int().min(1).max(16).default(3),
+    allowDevices: z.boolean().default(false),
+    /** ostree-native images carry the object store under sysroot/; the hardlinks keep the data. */
+    keepSysroot: z.boolean().default(false),
+    selinux: z.enum(['auto', 'off']).default('auto'),
+    limits: limitsSchema.default(limitsSchema.parse({})),
+    timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
+  })
+  .superRefine((c, ctx) => {
+    if (!c.image && !c.releaseImage) {
+      ctx.addIssue({ code: 'custom', path: ['image'], message: 'one of image or releaseImage is required' });
+    }
+    if (c.image && c.releaseImage) {
+      ctx.addIssue({ code: 'custom', path: ['releaseImage'], message: 'give image or releaseImage, not both' });
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+
+/** `limits[0].maxEntries` style, the way an operator would point at it in the JSON. */
+export function fieldPath(path: ReadonlyArray<PropertyKey>): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || '(top level)';
+}
+
+function describeIssue(issue: z.core.$ZodIssue): { field: string; expected: string } {
+  if (issue.code === 'unrecognized_keys') {
+    const keys = issue.keys.map((k) => [...issue.path, k]);
+    return { field: keys.map(fieldPath).join(', '), expected: 'no such field (check the spelling against README "Config")' };
+  }
+  return { field: fieldPath(issue.path), expected: issue.message.replace(/^Invalid input: /, '') };
+}
+
+/** Pure: validates an already-parsed JSON value. `source` names the file in errors. */
+export function parseConfig(value: unknown, source: string): Config {
+  const result = configSchema.safeParse(value);
+  if (result.success) return result.data;
+  const [first, ...rest] = result.error.issues.map(describeIssue);
+  const more = rest.length ? ` (and ${rest.length} more: ${rest.map((r) => r.field).join(', ')})` : '';
+  throw new PivotError('config', `invalid config ${source}: ${first!.field}: ${first!.expected}${more}`, {
+    path: source,
+    field: first!.field,
+    fix: `correct ${first!.field} in ${source}`,
+    facts: { issues: result.error.issues.map(describeIssue) },
+  });
+}
+
+export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) {
+      throw new PivotError('config', `config file ${path} does not exist`, {
+        path,
+        fix: `write ${path} (see README "Config") or pass --config FILE`,
+      });
+    }
+    throw new PivotError('config', `cannot read config ${path}: ${(err as Error).message}`, {
+      path,
+      fix: `make ${path} readable by root`,
+      cause: err,
+    });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new PivotError('config', `config ${path} is not valid JSON: ${(err as Error).message}`, {
+      path,
+      fix: `fix the JSON syntax in ${path}`,
+    });
+  }
+  return parseConfig(json, path);
+}

@@ -1,0 +1,157 @@
+// Every failure the agent can report is one of these. Each carries what went wrong, where
+// (a path, a config field, a registry, a unit) and what the operator should do about it, so that
+// `journalctl -u node-image-pivot` shows one line that is enough to act on.
+//
+// Only cli.ts turns these into exit codes. Capabilities throw; they never call process.exit.
+
+/** Documented in README.md ("Exit codes"). Keep the two in step. */
+export const ExitCode = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  registry: 3,
+  verification: 4,
+  unpack: 5,
+  mount: 6,
+  etcMerge: 7,
+  systemd: 8,
+  preflight: 9,
+  interrupted: 10,
+} as const;
+export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
+
+export type ErrorKind =
+  | 'usage'
+  | 'config'
+  | 'not-implemented'
+  | 'registry'
+  | 'auth'
+  | 'network'
+  | 'verification'
+  | 'unpack'
+  | 'path-safety'
+  | 'limit'
+  | 'mount'
+  | 'etc-merge'
+  | 'etc-conflict'
+  | 'systemd'
+  | 'preflight'
+  | 'interrupted'
+  | 'internal';
+
+const exitCodeByKind: Record<ErrorKind, ExitCode> = {
+  usage: ExitCode.usage,
+  config: ExitCode.usage,
+  'not-implemented': ExitCode.usage,
+  registry: ExitCode.registry,
+  auth: ExitCode.registry,
+  network: ExitCode.registry,
+  verification: ExitCode.verification,
+  unpack: ExitCode.unpack,
+  'path-safety': ExitCode.unpack,
+  limit: ExitCode.unpack,
+  mount: ExitCode.mount,
+  'etc-merge': ExitCode.etcMerge,
+  'etc-conflict': ExitCode.etcMerge,
+  systemd: ExitCode.systemd,
+  preflight: ExitCode.preflight,
+  interrupted: ExitCode.interrupted,
+  internal: ExitCode.internal,
+};
+
+/**
+ * Permanent failures will fail the same way on a retry; the unit's RestartPreventExitStatus=
+ * lists their exit codes so systemd stops retrying and the one-line cause stays on top of the
+ * journal. Transient ones (network, registry 5xx, a busy mount) are retried by Restart=.
+ */
+const permanentKinds: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
+  'usage',
+  'config',
+  'not-implemented',
+  'verification',
+  'path-safety',
+  'limit',
+  'etc-conflict',
+]);
+
+export interface PivotErrorDetails {
+  /** The filesystem path at fault, when there is one. */
+  path?: string;
+  /** The config or manifest field at fault, e.g. `registries[0].location`. */
+  field?: string;
+  /** What the operator should do. Always phrased as an instruction. */
+  fix: string;
+  /** Extra structured facts for --json and the state file. Never secrets. */
+  facts?: Record<string, unknown>;
+  cause?: unknown;
+  /** Overrides the kind's default exit code (rarely needed). */
+  exitCode?: ExitCode;
+  /** Overrides the kind's default retry classification. */
+  permanent?: boolean;
+}
+
+export class PivotError extends Error {
+  readonly kind: ErrorKind;
+  readonly path: string | undefined;
+  readonly field: string | undefined;
+  readonly fix: string;
+  readonly facts: Record<string, unknown>;
+  readonly exitCode: ExitCode;
+  readonly permanent: boolean;
+
+  constructor(kind: ErrorKind, message: string, details: PivotErrorDetails) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'PivotError';
+    this.kind = kind;
+    this.path = details.path;
+    this.field = details.field;
+    this.fix = details.fix;
+    this.facts = details.facts ?? {};
+    this.exitCode = details.exitCode ?? exitCodeByKind[kind];
+    this.permanent = details.permanent ?? permanentKinds.has(kind);
+  }
+
+  /** The one line an operator reads: cause, location, fix. No newlines, ever. */
+  oneLine(): string {
+    const where = [this.field && `field ${this.field}`, this.path && `path ${JSON.stringify(this.path)}`]
+      .filter(Boolean)
+      .join(', ');
+    const line = `${this.kind}: ${this.message}${where ? ` (${where})` : ''}. Fix: ${this.fix}`;
+    return singleLine(line);
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      kind: this.kind,
+      message: this.message,
+      path: this.path,
+      field: this.field,
+      fix: this.fix,
+      exitCode: this.exitCode,
+      permanent: this.permanent,
+      ...(Object.keys(this.facts).length ? { facts: this.facts } : {}),
+    };
+  }
+}
+
+export function singleLine(text: string): string {
+  return text.replace(/\s*[\r\n]+\s*/g, ' ').trim();
+}
+
+/** Wraps anything thrown into a PivotError, keeping PivotErrors as they are. */
+export function asPivotError(err: unknown, fallbackFix = 'report this as a bug with the journal attached'): PivotError {
+  if (err instanceof PivotError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const path = (err as NodeJS.ErrnoException | undefined)?.path;
+  return new PivotError('internal', code ? `${code}: ${message}` : message, {
+    fix: fallbackFix,
+    ...(path ? { path } : {}),
+    cause: err,
+  });
+}
+
+export function isErrno(err: unknown, ...codes: string[]): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string'
+    && codes.includes((err as NodeJS.ErrnoException).code as string);
+}
