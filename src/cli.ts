@@ -116,7 +116,7 @@ export async function main(argv: string[]): Promise<number> {
 export function reportFailure(err: unknown): number {
   const e = asPivotError(err);
   if (e.kind === 'usage' || e.kind === 'not-implemented') {
-    process.stderr.write(`${PROG}: ${e.message}. ${e.fix}.\n`.replace(/\.\.\n$/, '.\n'));
+    process.stderr.write(`${PROG}: ${e.message} (hint: ${e.fix})\n`);
   } else {
     log().error({ err: e.toJSON(), exitCode: e.exitCode }, e.oneLine());
   }

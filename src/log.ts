@@ -19,6 +19,8 @@ export function journaldPriority(level: number): number {
 
 /** Keys whose values are credentials wherever they appear, at any depth. */
 const SECRET_KEY = /pass(word)?|secret|token|auth(?!or)|credential|cookie|bearer|identitytoken|apikey|private.?key/i;
+/** Keys that name where a credential lives, not the credential: an operator needs these. */
+const LOCATION_KEY = /(file|path|dir|source)$/i;
 /** Credential shapes inside free text: HTTP auth headers, URL userinfo, base64 basic auth. */
 const SECRET_TEXT: Array<[RegExp, string]> = [
   [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 [REDACTED]'],
@@ -46,7 +48,7 @@ export function redact(value: unknown, seen = new WeakSet<object>()): unknown {
   if (Buffer.isBuffer(value) || value instanceof Uint8Array) return `<${value.byteLength} bytes>`;
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value)) {
-    out[k] = SECRET_KEY.test(k) && v != null && v !== '' && typeof v !== 'boolean' && typeof v !== 'number'
+    out[k] = SECRET_KEY.test(k) && !LOCATION_KEY.test(k) && v != null && v !== '' && typeof v !== 'boolean' && typeof v !== 'number'
       ? REDACTED
       : redact(v, seen);
   }

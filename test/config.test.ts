@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig, parseConfig, fieldPath } from '../src/config.ts';
+import { PivotError } from '../src/errors.ts';
+
+function errorOf(fn: () => unknown): PivotError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(PivotError);
+    return e as PivotError;
+  }
+  throw new Error('expected an error');
+}
+
+describe('config', () => {
+  it('fills defaults for a minimal config', () => {
+    const c = parseConfig({ image: 'quay.io/x/node@sha256:' + 'a'.repeat(64) }, 'c.json');
+    expect(c.preserve).toEqual(['/usr/lib/modules']);
+    expect(c.restartUnits).toEqual(['sshd.service']);
+    expect(c.isolateTarget).toBe('multi-user.target');
+    expect(c.limits.maxPathLength).toBe(4096);
+    expect(c.timeouts.isolateSeconds).toBe(900);
+  });
+
+  it('names file, field and expectation for a wrong type', () => {
+    const e = errorOf(() => parseConfig({ image: 'x', concurrency: 'three' }, '/etc/nip.json'));
+    expect(e.field).toBe('concurrency');
+    expect(e.path).toBe('/etc/nip.json');
+    expect(e.message).toMatch(/\/etc\/nip\.json: concurrency: expected number/);
+    expect(e.exitCode).toBe(2);
+  });
+
+  it('rejects unknown fields, even nested ones', () => {
+    expect(errorOf(() => parseConfig({ image: 'x', imagee: 'y' }, 'f')).field).toBe('imagee');
+    expect(errorOf(() => parseConfig({ image: 'x', limits: { maxEntry: 1 } }, 'f')).field).toBe('limits.maxEntry');
+  });
+
+  it('points into arrays', () => {
+    const e = errorOf(() => parseConfig({ image: 'x', skipIfPathExists: ['/ok', 'relative'] }, 'f'));
+    expect(e.field).toBe('skipIfPathExists[1]');
+    expect(e.message).toMatch(/absolute path/);
+    expect(errorOf(() => parseConfig({ image: 'x', restartUnits: ['sshd'] }, 'f')).field).toBe('restartUnits[0]');
+    expect(errorOf(() => parseConfig({ image: 'x', preserve: ['/etc/x'] }, 'f')).message).toMatch(/under \/usr/);
+  });
+
+  it('requires exactly one of image and releaseImage', () => {
+    expect(errorOf(() => parseConfig({}, 'f')).field).toBe('image');
+    expect(errorOf(() => parseConfig({ image: 'a', releaseImage: 'b' }, 'f')).field).toBe('releaseImage');
+  });
+
+  it('reports missing, unreadable and malformed files with the path', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nip-config-'));
+    expect(errorOf(() => loadConfig(join(dir, 'none.json'))).message).toMatch(/does not exist/);
+    const bad = join(dir, 'bad.json');
+    writeFileSync(bad, '{ "image": ');
+    const e = errorOf(() => loadConfig(bad));
+    expect(e.message).toMatch(/not valid JSON/);
+    expect(e.path).toBe(bad);
+    const dirAsFile = join(dir);
+    expect(errorOf(() => loadConfig(dirAsFile)).message).toMatch(/cannot read config/);
+    const ok = join(dir, 'ok.json');
+    writeFileSync(ok, JSON.stringify({ releaseImage: 'quay.io/r/release:4.20', component: 'rhel-coreos' }));
+    chmodSync(ok, 0o600);
+    expect(loadConfig(ok).releaseImage).toBe('quay.io/r/release:4.20');
+  });
+
+  it('formats field paths the way JSON reads', () => {
+    expect(fieldPath(['limits', 'maxEntries'])).toBe('limits.maxEntries');
+    expect(fieldPath(['preserve', 2])).toBe('preserve[2]');
+    expect(fieldPath([])).toBe('(top level)');
+  });
+});
