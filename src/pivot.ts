@@ -1,0 +1,255 @@
+// The pivot, phase by phase. Each phase is one call into a capability; this file is the story:
+//
+//   preflight -> resolve -> pull -> selinux -> etc-plan -> mount -> etc-apply -> refresh -> isolate
+//
+// Everything that can fail for a reason outside our control happens before `mount`. From `mount`
+// on, the system changes, and the rule is: /usr all old or all new, /etc untouched or merged.
+// A failure in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
+// in refresh or isolate is reported, and a rerun picks up from there (the state file and the
+// mount table say what is already done).
+import { statfsSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Config } from './config.ts';
+import { PivotError, asPivotError } from './errors.ts';
+import { failpoint } from './failpoints.ts';
+import { log } from './log.ts';
+import { StateRecorder, readState, readBootId, type PhaseName, type PivotState } from './state.ts';
+import type { Progress } from './progress.ts';
+
+/** What `resolve` learns about the node image without downloading its layers. */
+export interface ResolvedImage {
+  reference: string;
+  releaseImage?: string;
+  manifestDigest: string;
+  compressedBytes: number;
+  layerCount: number;
+}
+
+export interface StagedTree {
+  /** Root of the unpacked image; its usr/ becomes /usr. */
+  root: string;
+  reused: boolean;
+  facts: Record<string, unknown>;
+}
+
+export interface EtcPlanSummary {
+  actions: number;
+  counts: Record<string, number>;
+  warnings: string[];
+  conflicts: string[];
+  text: string;
+}
+
+/** The capabilities the pivot drives. src/commands/run.ts wires the real ones. */
+export interface PivotCapabilities {
+  resolve(cfg: Config): Promise<ResolvedImage>;
+  pull(cfg: Config, image: ResolvedImage, progress: Progress): Promise<StagedTree>;
+  label(cfg: Config, staged: StagedTree): Promise<{ skipped?: string; facts?: Record<string, unknown> }>;
+  planEtc(staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
+  /** Returns an undo handle. The visible switch must be one mount. */
+  mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
+  usrIsPivotedTo(staged: StagedTree): Promise<boolean>;
+  applyEtc(plan: unknown): Promise<Record<string, unknown>>;
+  recoverEtc(): Promise<'none' | 'rolled-back'>;
+  refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
+  isolate(cfg: Config): Promise<Record<string, unknown>>;
+  /** Where to find the staged tree for a digest, if a previous run finished unpacking it. */
+  stagedPath(cfg: Config, digest: string): string;
+}
+
+export interface PivotRequest {
+  cfg: Config;
+  isolate: boolean;
+  dryRun: boolean;
+  progress: Progress;
+  caps: PivotCapabilities;
+  /** Root for skipIfPathExists and statfs checks; '/' in production. */
+  hostRoot?: string;
+}
+
+export type PivotOutcome =
+  | { result: 'done'; state: PivotState }
+  | { result: 'skipped'; reason: string; state: PivotState }
+  | { result: 'dry-run'; plan: DryRunPlan };
+
+export interface DryRunPlan {
+  image: ResolvedImage;
+  etc: EtcPlanSummary;
+  stagedRoot: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preflight: decide whether this run has anything to do.
+
+export interface SkipDecision {
+  skip: boolean;
+  reason?: string;
+}
+
+/**
+ * Pure: the skip rules, given what is on disk and what the state file says. Before resolving,
+ * `configured` (the image or release image as written in the config) is all we know, so a
+ * restart after success needs no network; after resolving, the digest must match.
+ */
+export function decideSkip(input: {
+  skipIfPathExists: string[];
+  existing: ReadonlySet<string>;
+  prior: PivotState | undefined;
+  bootId: string;
+  configured?: string;
+  digest?: string;
+}): SkipDecision {
+  const hit = input.skipIfPathExists.find((p) => input.existing.has(p));
+  if (hit) return { skip: true, reason: `skipIfPathExists: ${hit} exists, so this image already has the node layer` };
+  const p = input.prior;
+  if (!p || p.bootId !== input.bootId || !p.image?.digest) return { skip: false };
+  if (p.result !== 'done' && !(p.result === 'skipped' && p.skipReason?.startsWith('already pivoted'))) return { skip: false };
+  const same = input.digest
+    ? p.image.digest === input.digest
+    : input.configured !== undefined && (p.image.releaseImage ?? p.image.reference) === input.configured;
+  return same ? { skip: true, reason: `already pivoted this boot to ${p.image.digest}` } : { skip: false };
+}
+
+/** Pure: enough room to stage? Returns the shortfall message or undefined. */
+export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number): string | undefined {
+  const needed = Math.ceil(compressedBytes * factor);
+  if (availableBytes >= needed) return undefined;
+  const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MiB`;
+  return `staging needs ${mib(needed)} (${mib(compressedBytes)} compressed x spaceFactor ${factor}) but only ${mib(availableBytes)} is free`;
+}
+
+function availableBytes(dir: string): number {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const s = statfsSync(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
+  const { cfg, caps, progress } = req;
+  const prior = readState(cfg.stateDir);
+  const bootId = readBootId();
+  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service');
+  let undoMount: (() => Promise<void>) | undefined;
+
+  const phase = async <T>(name: PhaseName, fn: () => Promise<T>, facts?: (t: T) => Record<string, unknown>): Promise<T> => {
+    progress.phase(name);
+    log().info({ phase: name }, `phase ${name} started`);
+    const record = rec?.startPhase(name);
+    failpoint(`phase.${name}`);
+    try {
+      const out = await fn();
+      const f = facts?.(out);
+      if (record) rec?.endPhase(record, 'done', f);
+      log().info({ phase: name, seconds: record?.seconds, ...f }, `phase ${name} done`);
+      return out;
+    } catch (err) {
+      if (record) rec?.endPhase(record, 'failed');
+      throw err;
+    }
+  };
+  const skipPhase = (name: PhaseName, reason: string): void => {
+    if (!rec) return;
+    const record = rec.startPhase(name);
+    rec.endPhase(record, 'skipped', { reason });
+    log().info({ phase: name, reason }, `phase ${name} skipped: ${reason}`);
+  };
+
+  try {
+    // 1. Preflight: undo a half-applied /etc from a crashed run, then decide whether to skip.
+    const pre = await phase('preflight', async () => {
+      const recovered = await caps.recoverEtc();
+      const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(join(req.hostRoot ?? '/', p))));
+      const configured = cfg.image ?? cfg.releaseImage;
+      return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
+    }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
+    if (pre.decision.skip && !req.dryRun) {
+      if (prior?.image && pre.decision.reason?.startsWith('already pivoted')) rec!.setImage(prior.image);
+      return await finishSkipped(req, rec!, pre.decision.reason!);
+    }
+
+    // 2. Resolve the node image to a digest (from a release image if needed).
+    const image = await phase('resolve', () => caps.resolve(cfg), (i) => ({ ...i }));
+    rec?.setImage({ reference: image.reference, digest: image.manifestDigest, ...(image.releaseImage ? { releaseImage: image.releaseImage } : {}) });
+    const again = decideSkip({ skipIfPathExists: [], existing: new Set(), prior, bootId, digest: image.manifestDigest });
+    const stagedRoot = caps.stagedPath(cfg, image.manifestDigest);
+    if (again.skip && !req.dryRun && (await caps.usrIsPivotedTo({ root: stagedRoot, reused: true, facts: {} }))) {
+      return await finishSkipped(req, rec!, again.reason!);
+    }
+
+    // 3. Pull and unpack into staging (reused when a previous run finished it).
+    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(availableBytes(cfg.stagingDir), image.compressedBytes, cfg.spaceFactor);
+    if (shortfall) {
+      throw new PivotError('preflight', shortfall, {
+        path: cfg.stagingDir,
+        fix: 'give the staging filesystem more room (live ISO: more RAM), or point stagingDir at a larger filesystem',
+        facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor },
+      });
+    }
+    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({ reused: s.reused, ...s.facts }));
+
+    // 4. Label with the new image's own policy, before anything is visible.
+    const labelled = await phase('selinux', () => caps.label(cfg, staged), (l) => ({ ...(l.skipped ? { skipped: l.skipped } : {}), ...l.facts }));
+    if (labelled.skipped) log().info(`SELinux labelling skipped: ${labelled.skipped}`);
+
+    // 5. Plan /etc. A conflict stops here, before anything changes.
+    const etc = await phase('etc-plan', () => caps.planEtc(staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));
+    for (const w of etc.summary.warnings) log().warn({ phase: 'etc-plan' }, w);
+    if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.summary, stagedRoot: staged.root } };
+
+    // 6-7. The switch: mount /usr, then apply /etc; a failed /etc apply unmounts /usr again.
+    if (await caps.usrIsPivotedTo(staged)) {
+      skipPhase('mount', '/usr is already the staged tree (a previous run mounted it)');
+    } else {
+      const mounted = await phase('mount', () => caps.mountUsr(cfg, staged), (m) => m.facts);
+      undoMount = () => mounted.undo();
+    }
+    try {
+      await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
+    } catch (err) {
+      if (undoMount) {
+        log().error('/etc apply failed: unmounting the new /usr so the system stays all old');
+        await undoMount();
+      }
+      throw err;
+    }
+    undoMount = undefined;
+    failpoint('pivot.switched');
+
+    // 8. Make systemd see the new /usr: reload units, create users and dirs, restart units.
+    await phase('refresh', () => caps.refresh(cfg, staged), (f) => f);
+
+    // 9. Leave the pivot target (isolate mode) and wait for the job's result.
+    if (req.isolate) await phase('isolate', () => caps.isolate(cfg), (f) => f);
+    else skipPhase('isolate', 'service mode (--no-isolate)');
+
+    rec!.finish('done');
+    await progress.ready(`pivoted to ${image.manifestDigest}`);
+    return { result: 'done', state: rec!.state };
+  } catch (err) {
+    const e = asPivotError(err);
+    if (undoMount) {
+      // Interrupted between the switch and the /etc apply: the rule is all old.
+      await undoMount().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'unmounting /usr after a failure failed too'));
+    }
+    rec?.finish('failed', {
+      error: { kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, line: e.oneLine(), ...(e.path ? { path: e.path } : {}), ...(e.field ? { field: e.field } : {}) },
+    });
+    progress.phase('failed', e.oneLine());
+    await progress.flush();
+    throw e;
+  }
+}
+
+/**
+ * A skip still has to move the boot on: once the generator made the pivot target the boot
+ * target, nothing else leaves it, and the node would sit there with no journal line saying why.
+ */
+async function finishSkipped(req: PivotRequest, rec: StateRecorder, reason: string): Promise<PivotOutcome> {
+  log().info({ reason }, `nothing to do: ${reason}`);
+  if (req.isolate) await req.caps.isolate(req.cfg);
+  rec.finish('skipped', { skipReason: reason });
+  await req.progress.ready(`skipped: ${reason}`);
+  return { result: 'skipped', reason, state: rec.state };
+}

@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { decideSkip, spaceShortfall } from '../src/pivot.ts';
+import type { PivotState } from '../src/state.ts';
+
+const digest = 'sha256:' + 'b'.repeat(64);
+function prior(over: Partial<PivotState> = {}): PivotState {
+  return {
+    version: 1, bootId: 'boot-1', pid: 1, mode: 'isolate', startedAt: '', updatedAt: '', result: 'done', phases: [],
+    image: { reference: 'reg/node:4.20', digest }, ...over,
+  };
+}
+
+describe('decideSkip', () => {
+  const base = { skipIfPathExists: ['/usr/bin/oc'], existing: new Set<string>(), bootId: 'boot-1' };
+
+  it('skips when a configured path exists, naming it', () => {
+    const d = decideSkip({ ...base, existing: new Set(['/usr/bin/oc']), prior: undefined });
+    expect(d).toEqual({ skip: true, reason: expect.stringContaining('/usr/bin/oc exists') });
+  });
+
+  it('skips a rerun this boot for the same configured image, before any network', () => {
+    expect(decideSkip({ ...base, prior: prior(), configured: 'reg/node:4.20' }).skip).toBe(true);
+    expect(decideSkip({ ...base, prior: prior(), configured: 'reg/node:4.21' }).skip).toBe(false);
+  });
+
+  it('after resolve, skips only on the same digest', () => {
+    expect(decideSkip({ ...base, prior: prior(), digest }).skip).toBe(true);
+    expect(decideSkip({ ...base, prior: prior(), digest: 'sha256:' + 'c'.repeat(64) }).skip).toBe(false);
+  });
+
+  it('does not skip after a reboot, a failure, or a path-based skip', () => {
+    expect(decideSkip({ ...base, prior: prior({ bootId: 'boot-0' }), digest }).skip).toBe(false);
+    expect(decideSkip({ ...base, prior: prior({ result: 'failed' }), digest }).skip).toBe(false);
+    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipReason: 'skipIfPathExists: x' }), digest }).skip).toBe(false);
+    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipReason: 'already pivoted this boot to x' }), digest }).skip).toBe(true);
+  });
+
+  it('matches a release image config against the recorded release image', () => {
+    const p = prior({ image: { reference: 'reg/node@' + digest, digest, releaseImage: 'reg/release:4.20' } });
+    expect(decideSkip({ ...base, prior: p, configured: 'reg/release:4.20' }).skip).toBe(true);
+  });
+});
+
+describe('spaceShortfall', () => {
+  it('gives the numbers when staging is too small', () => {
+    expect(spaceShortfall(1024 ** 3, 512 * 1024 ** 2, 3)).toBe(
+      'staging needs 1536 MiB (512 MiB compressed x spaceFactor 3) but only 1024 MiB is free');
+    expect(spaceShortfall(2 * 1024 ** 3, 512 * 1024 ** 2, 3)).toBeUndefined();
+  });
+});
