@@ -1,0 +1,423 @@
+// The mount step: the staged image's usr/ replaces what the system sees at /usr, keeping the
+// booted paths in `preserve` (the kernel's modules above all) visible.
+//
+// Like systemd-sysext, everything is assembled in a private place first and the one step that
+// changes what the system sees is a single `mount --move`. The private place is a bind of a
+// work directory onto itself, made private: the kernel refuses to move a mount whose parent is
+// shared (EINVAL), and on a systemd host every mount starts out shared, so the prepared tree
+// must not sit under one. A failure before the move leaves the target exactly as it was.
+import { lstatSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, normalize, posix } from 'node:path';
+import { execa } from 'execa';
+import { PivotError, isErrno } from './errors.ts';
+import { failpoint } from './failpoints.ts';
+import { log } from './log.ts';
+
+/** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
+export type UsrMountMode = 'bind' | 'overlay';
+
+export interface UsrMountInput {
+  /** The unpacked image root; its usr/ is the new /usr. */
+  stagedRoot: string;
+  /** Booted paths under /usr that stay visible. */
+  preserve?: string[];
+  /** Where the new usr goes. Tests pass a temp dir. */
+  target?: string;
+  mode?: UsrMountMode;
+  /** A scratch directory for the private assembly mount; default `<stagedRoot>.mnt`. */
+  workDir?: string;
+}
+
+export const DEFAULT_PRESERVE: readonly string[] = ['/usr/lib/modules'];
+
+export type PathKind = 'dir' | 'file' | 'symlink' | 'other' | 'missing';
+/** What the planner needs to know about the disk, keyed by absolute path (lstat semantics). */
+export type PathFacts = Readonly<Record<string, PathKind>>;
+
+export type MountOp =
+  | { op: 'mkdir'; path: string }
+  | { op: 'touch'; path: string }
+  | { op: 'bind'; source: string; target: string }
+  | { op: 'make-private'; target: string }
+  | { op: 'overlay'; lowerdirs: string[]; target: string }
+  | { op: 'remount-ro'; target: string }
+  | { op: 'move'; source: string; target: string }
+  | { op: 'umount'; target: string; recursive: boolean; lazy: boolean };
+
+export interface PreservedPath {
+  /** As configured, e.g. /usr/lib/modules. */
+  path: string;
+  /** The booted content. */
+  source: string;
+  /** Where it appears inside the assembled tree before the switch. */
+  mountpoint: string;
+}
+
+export interface UsrMountPlan {
+  mode: UsrMountMode;
+  target: string;
+  stagedUsr: string;
+  workDir: string;
+  /** The assembled tree's root, inside workDir; it is what gets moved. */
+  assembled: string;
+  preserved: PreservedPath[];
+  warnings: string[];
+  /** Nothing here changes what the system sees at the target. */
+  prepare: MountOp[];
+  /** The single visible step. */
+  switch: MountOp;
+  /** Releases the now empty assembly area. */
+  finish: MountOp[];
+}
+
+export interface MountResult {
+  plan: UsrMountPlan;
+  switched: true;
+  switchedAt: string;
+}
+
+function mountError(message: string, path: string, fix: string, cause?: unknown): PivotError {
+  return new PivotError('mount', message, { path, fix, ...(cause === undefined ? {} : { cause }) });
+}
+
+function requireAbsolute(p: string, what: string): string {
+  if (!isAbsolute(p)) throw new PivotError('usage', `${what} must be an absolute path, got ${JSON.stringify(p)}`, { path: p, fix: `pass an absolute ${what}` });
+  const n = normalize(p);
+  return n.length > 1 ? n.replace(/\/+$/, '') : n;
+}
+
+/** `/usr/lib/modules` -> `lib/modules`; anything not strictly under /usr is refused. */
+export function usrRelative(p: string): string {
+  const rel = posix.relative('/usr', posix.normalize(p));
+  if (!p.startsWith('/') || rel === '' || rel.startsWith('..')) {
+    throw new PivotError('config', `preserve path ${JSON.stringify(p)} is not under /usr/`, {
+      field: 'preserve', path: p, fix: 'list only paths below /usr/, e.g. /usr/lib/modules',
+    });
+  }
+  return rel;
+}
+
+/** Every path the planner asks about, in the order a probe should lstat them. */
+export function factPaths(input: UsrMountInput): string[] {
+  const stagedUsr = join(requireAbsolute(input.stagedRoot, 'stagedRoot'), 'usr');
+  const target = requireAbsolute(input.target ?? '/usr', 'target');
+  const out = [stagedUsr, target];
+  for (const p of input.preserve ?? DEFAULT_PRESERVE) {
+    const rel = usrRelative(p);
+    out.push(join(target, rel));
+    const parts = rel.split('/');
+    for (let i = 1; i <= parts.length; i++) out.push(join(stagedUsr, ...parts.slice(0, i)));
+  }
+  return [...new Set(out)];
+}
+
+/** The I/O half of planning. Booted sources are stat()ed (a bind follows their symlinks, which is
+ * the booted system's own business); staged paths are lstat()ed, because a symlink there would
+ * send a mount outside the staged tree. */
+export function probePathFacts(input: UsrMountInput): PathFacts {
+  const target = requireAbsolute(input.target ?? '/usr', 'target');
+  const facts: Record<string, PathKind> = {};
+  for (const p of factPaths(input)) {
+    const follow = p === target || p.startsWith(`${target}/`);
+    try {
+      const st = follow ? statSync(p) : lstatSync(p);
+      facts[p] = st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other';
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT', 'ENOTDIR')) throw err;
+      facts[p] = 'missing';
+    }
+  }
+  return facts;
+}
+
+const OVERLAY_UNSAFE = /[,:\\]/;
+
+/** PURE: the ordered mount operations. `facts` comes from probePathFacts (or a test). */
+export function planUsrMount(input: UsrMountInput, facts: PathFacts): UsrMountPlan {
+  const stagedRoot = requireAbsolute(input.stagedRoot, 'stagedRoot');
+  const target = requireAbsolute(input.target ?? '/usr', 'target');
+  const mode = input.mode ?? 'bind';
+  const stagedUsr = join(stagedRoot, 'usr');
+  const workDir = requireAbsolute(input.workDir ?? `${stagedRoot}.mnt`, 'workDir');
+  const assembled = join(workDir, 'usr');
+  const kind = (p: string): PathKind => facts[p] ?? 'missing';
+
+  if (kind(stagedUsr) !== 'dir') {
+    throw mountError(`staged tree has no usr directory (${kind(stagedUsr)})`, stagedUsr, 'unpack the node image into the staging directory again');
+  }
+  if (kind(target) !== 'dir') {
+    throw mountError(`mount target is not a directory (${kind(target)})`, target, 'pass a target that is an existing directory');
+  }
+  for (const [what, p] of [['workDir', workDir], ['target', target]] as const) {
+    if (p === stagedRoot || p.startsWith(`${stagedRoot}/`) || stagedRoot.startsWith(`${p}/`)) {
+      throw mountError(`${what} overlaps the staged tree`, p, 'keep the staged tree, the work directory and the target apart');
+    }
+  }
+  if (mode === 'overlay') {
+    for (const p of [stagedUsr, target]) {
+      if (OVERLAY_UNSAFE.test(p)) throw mountError('overlay lowerdir paths cannot contain , : or \\', p, 'stage into a directory whose path has none of , : \\');
+    }
+  }
+
+  const warnings: string[] = [];
+  const prepare: MountOp[] = [];
+  const preserved: PreservedPath[] = [];
+  // Parents first, and a path inside an already preserved one is covered by it.
+  const wanted = [...new Set((input.preserve ?? DEFAULT_PRESERVE).map((p) => posix.normalize(p).replace(/(.)\/+$/, '$1')))].sort();
+  const chosen: string[] = [];
+  for (const p of wanted) {
+    const rel = usrRelative(p);
+    const covering = chosen.find((c) => p.startsWith(`${c}/`));
+    if (covering) {
+      warnings.push(`preserve ${p} is inside ${covering}, which is preserved already`);
+      continue;
+    }
+    const source = join(target, rel);
+    const sourceKind = kind(source);
+    if (sourceKind !== 'dir' && sourceKind !== 'file') {
+      warnings.push(`preserve ${p}: ${sourceKind === 'missing' ? 'missing' : `a ${sourceKind}`} in the booted ${target}, skipped`);
+      continue;
+    }
+    const parts = rel.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const here = join(stagedUsr, ...parts.slice(0, i));
+      const k = kind(here);
+      const last = i === parts.length;
+      if (k === 'symlink') {
+        throw mountError(`staged path for preserve ${p} is a symlink, and a mount would follow it out of the tree`, here,
+          `remove ${p} from preserve, or fix the node image so that ${here.slice(stagedRoot.length)} is a real ${last ? sourceKind === 'dir' ? 'directory' : 'file' : 'directory'}`);
+      }
+      if (k === 'missing') {
+        // In overlay mode the booted lower shows the path through; the delta needs no mountpoint.
+        if (mode === 'bind') prepare.push(last && sourceKind === 'file' ? { op: 'touch', path: here } : { op: 'mkdir', path: here });
+        continue;
+      }
+      const need = last ? sourceKind : 'dir';
+      if (k !== need) {
+        throw mountError(`preserve ${p} is a ${sourceKind} in the booted ${target} but the staged path is a ${k === 'dir' ? 'directory' : k}`,
+          here, `remove ${p} from preserve, or make the node image ship a ${need === 'dir' ? 'directory' : 'file'} there`);
+      }
+    }
+    preserved.push({ path: p, source, mountpoint: join(assembled, rel) });
+    chosen.push(p);
+  }
+
+  prepare.push(
+    { op: 'mkdir', path: assembled },
+    { op: 'bind', source: workDir, target: workDir },
+    { op: 'make-private', target: workDir },
+    mode === 'bind'
+      ? { op: 'bind', source: stagedUsr, target: assembled }
+      : { op: 'overlay', lowerdirs: [stagedUsr, target], target: assembled },
+    // A bind of a shared mount joins its peer group; private, the preserved binds below it do not
+    // propagate back into the staging tree or anywhere else before the switch.
+    { op: 'make-private', target: assembled },
+    { op: 'remount-ro', target: assembled },
+  );
+  for (const p of preserved) {
+    prepare.push(
+      { op: 'bind', source: p.source, target: p.mountpoint },
+      { op: 'make-private', target: p.mountpoint },
+      { op: 'remount-ro', target: p.mountpoint },
+    );
+  }
+  return {
+    mode, target, stagedUsr, workDir, assembled, preserved, warnings, prepare,
+    switch: { op: 'move', source: assembled, target },
+    finish: [{ op: 'umount', target: workDir, recursive: false, lazy: false }],
+  };
+}
+
+/** PURE: util-linux argv for one mount operation (undefined for the filesystem-only ones). */
+export function mountArgv(op: MountOp): [string, string[]] | undefined {
+  switch (op.op) {
+    case 'mkdir':
+    case 'touch':
+      return undefined;
+    case 'bind':
+      return ['mount', ['--bind', op.source, op.target]];
+    case 'make-private':
+      return ['mount', ['--make-private', op.target]];
+    case 'overlay':
+      // Two or more lowerdirs and no upperdir: the overlay is read-only and needs no workdir.
+      return ['mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${op.lowerdirs.join(':')}`, op.target]];
+    case 'remount-ro':
+      return ['mount', ['-o', 'remount,bind,ro', op.target]];
+    case 'move':
+      return ['mount', ['--move', op.source, op.target]];
+    case 'umount':
+      return ['umount', [...(op.recursive ? ['--recursive'] : []), ...(op.lazy ? ['--lazy'] : []), op.target]];
+  }
+}
+
+async function runOp(op: MountOp): Promise<void> {
+  if (op.op === 'mkdir') {
+    mkdirSync(op.path, { recursive: true, mode: 0o755 });
+    return;
+  }
+  if (op.op === 'touch') {
+    writeFileSync(op.path, '', { flag: 'a', mode: 0o644 });
+    return;
+  }
+  const [cmd, args] = mountArgv(op)!;
+  const r = await execa(cmd, args, { reject: false, stdin: 'ignore', all: true });
+  if (r.exitCode !== 0) {
+    const why = (r.all ?? '').trim().split('\n')[0] || `exit ${String(r.exitCode)}`;
+    const path = 'target' in op ? op.target : '';
+    const err = mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
+      'check the kernel log (dmesg) and that the agent runs as root in the host mount namespace (no MountFlags=, PrivateMounts=)');
+    (err.facts as Record<string, unknown>).busy = /busy/i.test(why);
+    throw err;
+  }
+}
+
+function asMountError(err: unknown, path: string, fix: string): PivotError {
+  if (err instanceof PivotError && err.kind === 'mount') return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return mountError(message, path, fix, err);
+}
+
+/** Unmounts, falling back to a lazy detach when something holds files open under it. */
+async function unmountTree(target: string): Promise<'clean' | 'lazy'> {
+  try {
+    await runOp({ op: 'umount', target, recursive: true, lazy: false });
+    return 'clean';
+  } catch (err) {
+    if (!(err instanceof PivotError) || err.facts.busy !== true) throw err;
+    await runOp({ op: 'umount', target, recursive: true, lazy: true });
+    return 'lazy';
+  }
+}
+
+/** Prepares privately, switches with one move, releases the work area. All or nothing. */
+export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
+  for (const w of plan.warnings) log().warn({ phase: 'mount' }, w);
+  let workMounted = false;
+  try {
+    for (const op of plan.prepare) {
+      failpoint('mount.prepare');
+      await runOp(op);
+      if (op.op === 'bind' && op.target === plan.workDir) workMounted = true;
+    }
+    failpoint('mount.switch');
+    await runOp(plan.switch);
+  } catch (err) {
+    // The target was never touched; drop whatever was assembled so no stray mount stays behind.
+    if (workMounted) {
+      await unmountTree(plan.workDir).catch((e: unknown) =>
+        log().warn({ phase: 'mount', err: e }, `could not release ${plan.workDir}; unmount it by hand`));
+    }
+    throw asMountError(err, plan.target, 'see the cause above; the target was left as it was');
+  }
+  const result: MountResult = { plan, switched: true, switchedAt: new Date().toISOString() };
+  try {
+    failpoint('mount.switched');
+    for (const op of plan.finish) await runOp(op);
+    workMounted = false;
+    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+      throw mountError('after the move the target does not show the staged usr', plan.target, 'check for another mount stacked on the target');
+    }
+    const top = topMountAt(readMountinfo(), plan.target);
+    if (!top || !top.options.split(',').includes('ro')) {
+      throw mountError('after the move the target is not read-only', plan.target, 'check that the kernel honours remount,bind,ro here');
+    }
+  } catch (err) {
+    const cause = asMountError(err, plan.target, 'see the cause; the old /usr was restored');
+    try {
+      await undoUsrMount(result);
+      if (workMounted) await unmountTree(plan.workDir);
+    } catch (undoErr) {
+      throw mountError(`${cause.message}; undo also failed: ${(undoErr as Error).message}`, plan.target,
+        `unmount ${plan.target} by hand (umount -R -l ${plan.target}) so the old /usr is visible again`, err);
+    }
+    throw cause;
+  }
+  try {
+    rmdirSync(plan.assembled);
+    rmdirSync(plan.workDir);
+  } catch {
+    // An empty leftover directory is harmless; the next run reuses it.
+  }
+  log().info({ phase: 'mount', target: plan.target, mode: plan.mode, preserved: plan.preserved.map((p) => p.path) }, `${plan.target} now shows the node image`);
+  return result;
+}
+
+/** Makes the target show what it showed before applyUsrMount. Only ever removes our mount. */
+export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy' | 'not-mounted'> {
+  const { plan } = result;
+  try {
+    failpoint('mount.undo');
+    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+      log().warn({ phase: 'mount', target: plan.target }, `${plan.target} does not show the staged usr; nothing to undo`);
+      return 'not-mounted';
+    }
+    const how = await unmountTree(plan.target);
+    if (isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+      throw mountError('the staged usr is still mounted after unmounting', plan.target, `unmount it by hand: umount -R -l ${plan.target}`);
+    }
+    log().info({ phase: 'mount', target: plan.target, how }, `${plan.target} shows the booted content again`);
+    return how;
+  } catch (err) {
+    throw asMountError(err, plan.target, `unmount it by hand: umount -R -l ${plan.target}`);
+  }
+}
+
+export interface MountinfoEntry {
+  id: number;
+  parent: number;
+  device: string;
+  root: string;
+  mountPoint: string;
+  options: string;
+  fsType: string;
+  source: string;
+  superOptions: string;
+}
+
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** PURE: proc_pid_mountinfo(5). */
+export function parseMountinfo(text: string): MountinfoEntry[] {
+  const out: MountinfoEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split(' ');
+    const dash = f.indexOf('-', 6);
+    if (dash < 0 || f.length < dash + 4) continue;
+    out.push({
+      id: Number(f[0]), parent: Number(f[1]), device: f[2]!, root: unescapeMountinfo(f[3]!),
+      mountPoint: unescapeMountinfo(f[4]!), options: f[5]!, fsType: f[dash + 1]!,
+      source: unescapeMountinfo(f[dash + 2]!), superOptions: f[dash + 3]!,
+    });
+  }
+  return out;
+}
+
+export function readMountinfo(): MountinfoEntry[] {
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
+}
+
+/** PURE: the mount a lookup of `path` lands on, i.e. the last one stacked there. */
+export function topMountAt(entries: MountinfoEntry[], path: string): MountinfoEntry | undefined {
+  const here = entries.filter((e) => e.mountPoint === path);
+  return here.find((e) => !here.some((o) => o.parent === e.id)) ?? here.at(-1);
+}
+
+/** For reruns: does the target already show this staged tree? */
+export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountMode = 'bind'): boolean {
+  const stagedUsr = join(stagedRoot, 'usr');
+  if (mode === 'overlay') {
+    const top = topMountAt(readMountinfo(), normalize(target));
+    return top?.fsType === 'overlay' && top.superOptions.split(',').includes(`lowerdir=${stagedUsr}:${normalize(target)}`);
+  }
+  try {
+    const a = statSync(target);
+    const b = statSync(stagedUsr);
+    return a.dev === b.dev && a.ino === b.ino;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    throw err;
+  }
+}
