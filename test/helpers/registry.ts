@@ -28,6 +28,8 @@ export interface StartRegistryOptions {
   tokenAuth?: TokenAuthConfig;
   /** Share a storage directory with another instance (e.g. push to an open one, serve with auth). */
   storageDir?: string;
+  /** A fixed port, e.g. to bring a registry back where a machine expects it. */
+  port?: number;
 }
 
 export interface RunningRegistry {
@@ -135,7 +137,7 @@ async function waitReady(url: string, caFile: string | undefined, child: ChildPr
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<RunningRegistry> {
   const dir = mkdtempSync(join(tmpdir(), 'nip-registry-'));
   try {
-    const port = await freePort();
+    const port = opts.port ?? await freePort();
     const files: { htpasswd?: string; cert?: string; key?: string } = {};
     let caFile: string | undefined;
     if (opts.tls) {
