@@ -1,0 +1,267 @@
+// Writes one entry into the destination tree. Everything that touches the tree goes through the
+// LayerTarget interface, so a later delta mode can implement it against a reference tree (write
+// only what differs, turn whiteouts into overlay whiteouts) without touching the tar handling.
+//
+// Replacement follows the container runtimes: a directory over a directory merges (new metadata,
+// old contents); anything else first removes what is there (a directory recursively), then
+// creates. Files are always created fresh with O_EXCL|O_NOFOLLOW, so neither a symlink nor a
+// hardlink to a lower layer's inode is ever written through.
+import { constants, linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, rmSync, symlinkSync, chmodSync, readdirSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { execa } from 'execa';
+import { PivotError, isErrno } from '../errors.ts';
+import { log } from '../log.ts';
+import { xattrs } from '../xattr.ts';
+import { cleanComponents, fsProbe, hostPath, joinRel, resolveDirInRoot, type PathProbe } from './safepath.ts';
+import type { TarEntry } from './tar.ts';
+
+export type Outcome = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'device' | 'device-skipped';
+
+/** The tree side of an unpack. One instance per destination, across all layers. */
+export interface LayerTarget {
+  beginLayer(index: number): void;
+  /** Writes one non-whiteout entry; `body` must be consumed or left to the caller to drain. */
+  writeEntry(entry: TarEntry, body: AsyncIterable<Buffer>): Promise<Outcome>;
+  /** `.wh.NAME` in `dir` (components of the entry's directory, not yet resolved). */
+  whiteout(dir: readonly string[], name: string, entryName: string): void;
+  /** `.wh..wh..opq` in `dir`. */
+  opaque(dir: readonly string[], entryName: string): void;
+  /** Directory mtimes last, once nothing will be written into them any more. */
+  finish(): void;
+}
+
+export interface DirectTargetOptions {
+  allowDevices: boolean;
+  isRoot: boolean;
+}
+
+const XATTR_WE_DO_NOT_CLEAR = new Set(['security.selinux']);
+
+export class DirectTarget implements LayerTarget {
+  readonly root: string;
+  private readonly opts: DirectTargetOptions;
+  private readonly probe: PathProbe;
+  /** Paths created or written by the current layer: opaque and plain whiteouts spare them. */
+  private layerPaths = new Set<string>();
+  private readonly dirTimes = new Map<string, number>();
+
+  constructor(root: string, opts: DirectTargetOptions) {
+    this.root = root;
+    this.opts = opts;
+    this.probe = fsProbe(root);
+  }
+
+  beginLayer(): void {
+    this.layerPaths = new Set();
+  }
+
+  /** Resolves the entry's parent (creating it) and returns [parentRel, name]. */
+  private place(entryName: string): { rel: string; name: string } {
+    const comps = cleanComponents(entryName);
+    const name = comps.pop();
+    if (name === undefined) return { rel: '', name: '' };
+    const parent = resolveDirInRoot(comps, this.probe, {
+      create: true,
+      entry: entryName,
+      onCreate: (r) => this.layerPaths.add(r),
+    }) as string[];
+    return { rel: joinRel([...parent, name]), name };
+  }
+
+  /** Removes whatever is at rel, unless `keepDir` and it is a directory. Never follows links. */
+  private clear(rel: string, keepDir: boolean): boolean {
+    const path = hostPath(this.root, rel);
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st) return false;
+    if (st.isDirectory() && keepDir) return true;
+    rmSync(path, { recursive: true, force: true });
+    this.forgetTimes(rel);
+    return false;
+  }
+
+  private forgetTimes(rel: string): void {
+    const prefix = `${rel}/`;
+    for (const k of this.dirTimes.keys()) if (k === rel || k.startsWith(prefix)) this.dirTimes.delete(k);
+  }
+
+  async writeEntry(entry: TarEntry, body: AsyncIterable<Buffer>): Promise<Outcome> {
+    const { rel } = this.place(entry.name);
+    const path = hostPath(this.root, rel);
+    if (rel === '' && entry.type !== 'dir') {
+      throw new PivotError('path-safety', `entry ${JSON.stringify(entry.name)} would replace the destination root with a ${entry.type}`, {
+        path: entry.name,
+        fix: 'the layer is malformed or hostile: rebuild the image',
+      });
+    }
+    this.layerPaths.add(rel);
+    switch (entry.type) {
+      case 'dir': {
+        if (!this.clear(rel, true)) mkdirSync(path, { mode: 0o700 });
+        this.metadata(path, entry, true);
+        this.dirTimes.set(rel, entry.mtime);
+        return 'dir';
+      }
+      case 'file': {
+        this.clear(rel, false);
+        const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        try {
+          let written = 0;
+          for await (const chunk of body) {
+            let off = 0;
+            while (off < chunk.length) off += (await fh.write(chunk, off)).bytesWritten;
+            written += chunk.length;
+          }
+          if (written !== entry.size) {
+            throw new PivotError('unpack', `entry ${JSON.stringify(entry.name)} ended after ${written} of ${entry.size} bytes`, {
+              fix: 'pull again; if it repeats, the layer is damaged',
+            });
+          }
+          await fh.chown(entry.uid, entry.gid);
+          await fh.chmod(entry.mode);
+          this.setXattrs(path, entry, false);
+          await fh.utimes(entry.mtime, entry.mtime);
+        } finally {
+          await fh.close();
+        }
+        return 'file';
+      }
+      case 'symlink': {
+        this.clear(rel, false);
+        symlinkSync(entry.linkname, path);
+        this.metadata(path, entry, false);
+        return 'symlink';
+      }
+      case 'hardlink':
+        return this.hardlink(entry, rel, path);
+      case 'fifo':
+      case 'char':
+      case 'block':
+        return this.special(entry, rel, path);
+    }
+  }
+
+  private async hardlink(entry: TarEntry, rel: string, path: string): Promise<Outcome> {
+    if (!entry.linkname) {
+      throw new PivotError('unpack', `hardlink ${JSON.stringify(entry.name)} has no target`, { fix: 'rebuild the image' });
+    }
+    // The target's directories are resolved inside the root; its last component is never
+    // followed, so a hardlink to a symlink links the symlink itself (as link(2) does).
+    const comps = cleanComponents(entry.linkname, 'hardlink target');
+    const last = comps.pop();
+    const dir = last === undefined ? undefined : resolveDirInRoot(comps, this.probe, { create: false, entry: entry.linkname });
+    const targetRel = dir && last !== undefined ? joinRel([...dir, last]) : undefined;
+    const st = targetRel === undefined ? undefined : lstatSync(hostPath(this.root, targetRel), { throwIfNoEntry: false });
+    if (!st || targetRel === undefined) {
+      throw new PivotError('unpack', `hardlink ${JSON.stringify(entry.name)} points to ${JSON.stringify(entry.linkname)}, which does not exist in the image`, {
+        path: entry.name,
+        fix: 'the layer is malformed: rebuild the image',
+      });
+    }
+    if (st.isDirectory()) {
+      throw new PivotError('path-safety', `hardlink ${JSON.stringify(entry.name)} points to directory ${JSON.stringify(entry.linkname)}`, {
+        path: entry.name,
+        fix: 'the layer is malformed or hostile: rebuild the image',
+      });
+    }
+    if (targetRel === rel) return 'hardlink';
+    this.clear(rel, false);
+    linkSync(hostPath(this.root, targetRel), path);
+    return 'hardlink';
+  }
+
+  private async special(entry: TarEntry, rel: string, path: string): Promise<Outcome> {
+    if (entry.type !== 'fifo' && !(this.opts.allowDevices && this.opts.isRoot)) {
+      this.layerPaths.delete(rel);
+      return 'device-skipped';
+    }
+    this.clear(rel, false);
+    const args = entry.type === 'fifo'
+      ? [path, 'p']
+      : [path, entry.type === 'char' ? 'c' : 'b', String(entry.devmajor), String(entry.devminor)];
+    const r = await execa('mknod', ['-m', '0600', '--', ...args], { reject: false, stdin: 'ignore', all: true });
+    if (r.exitCode !== 0) {
+      throw new PivotError('unpack', `mknod failed for ${JSON.stringify(entry.name)}: ${String(r.all ?? '').trim()}`, {
+        path: entry.name,
+        fix: entry.type === 'fifo' ? 'check the destination filesystem' : 'set allowDevices to false to skip device nodes',
+      });
+    }
+    this.metadata(path, entry, false);
+    return entry.type === 'fifo' ? 'fifo' : 'device';
+  }
+
+  /** lchown, chmod (not on symlinks), xattrs, times (directories: deferred to finish()). */
+  private metadata(path: string, entry: TarEntry, isDir: boolean): void {
+    lchownSync(path, entry.uid, entry.gid);
+    if (entry.type !== 'symlink') chmodSync(path, entry.mode);
+    this.setXattrs(path, entry, isDir);
+    if (!isDir) lutimesSync(path, entry.mtime, entry.mtime);
+  }
+
+  private setXattrs(path: string, entry: TarEntry, replaceExisting: boolean): void {
+    const x = xattrs();
+    if (replaceExisting) {
+      // A directory re-declared by a later layer carries its complete set.
+      for (const name of x.listAttributesSync(path)) {
+        if (!entry.xattrs.has(name) && !XATTR_WE_DO_NOT_CLEAR.has(name)) x.removeAttributeSync(path, name);
+      }
+    }
+    for (const [name, value] of entry.xattrs) {
+      try {
+        x.setAttributeSync(path, name, value);
+      } catch (err) {
+        // The kernel refuses user.* on symlinks; umoci skips those too.
+        if (entry.type === 'symlink' && name.startsWith('user.')) {
+          log().warn({ entry: entry.name, xattr: name }, 'skipping user.* xattr on a symlink (not supported by Linux)');
+          continue;
+        }
+        throw new PivotError('unpack', `cannot set xattr ${name} on ${JSON.stringify(entry.name)}: ${(err as Error).message}`, {
+          path: entry.name,
+          fix: 'unpack onto a filesystem with xattr support (ext4, xfs, tmpfs on Linux 6.6+)',
+          cause: err,
+        });
+      }
+    }
+  }
+
+  whiteout(dir: readonly string[], name: string, entryName: string): void {
+    if (name === '' || name === '.' || name === '..') {
+      throw new PivotError('path-safety', `whiteout ${JSON.stringify(entryName)} names no file`, {
+        path: entryName,
+        fix: 'the layer is malformed or hostile: rebuild the image',
+      });
+    }
+    const parent = resolveDirInRoot(dir, this.probe, { create: false, entry: entryName });
+    if (!parent) return;
+    const rel = joinRel([...parent, name]);
+    // A whiteout hides lower layers only; the same layer's own entry stays.
+    if (this.layerPaths.has(rel)) return;
+    this.clear(rel, false);
+  }
+
+  opaque(dir: readonly string[], entryName: string): void {
+    const parent = resolveDirInRoot(dir, this.probe, { create: true, entry: entryName, onCreate: (r) => this.layerPaths.add(r) }) as string[];
+    this.emptyLower(joinRel(parent));
+  }
+
+  /** Removes everything under rel that the current layer did not write. */
+  private emptyLower(rel: string): void {
+    for (const child of readdirSync(hostPath(this.root, rel), { withFileTypes: true })) {
+      const childRel = rel === '' ? child.name : `${rel}/${child.name}`;
+      if (!this.layerPaths.has(childRel)) this.clear(childRel, false);
+      else if (child.isDirectory()) this.emptyLower(childRel);
+    }
+  }
+
+  finish(): void {
+    const depth = (rel: string): number => (rel === '' ? 0 : rel.split('/').length);
+    const deepestFirst = [...this.dirTimes.entries()].sort((a, b) => depth(b[0]) - depth(a[0]));
+    for (const [rel, mtime] of deepestFirst) {
+      const path = hostPath(this.root, rel);
+      try {
+        if (lstatSync(path).isDirectory()) lutimesSync(path, mtime, mtime);
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) throw err;
+      }
+    }
+  }
+}

@@ -1,0 +1,13 @@
+// Public API of the unpacker. Keep it stable; callers: commands/pull.ts, pivot.ts, benches.
+//
+//   interface LayerSource { digest; mediaType; size; open(): Promise<Readable> }
+//   unpackLayers(dest, layers, { limits, allowDevices, keepSysroot, onProgress? }) -> UnpackSummary
+//     Applies the layers in order onto dest (created if missing), rooted and tar-slip-proof.
+//     Throws PivotError kinds 'unpack', 'path-safety' or 'limit'; dest is then incomplete and
+//     must be discarded (pullToDest() does that with DIR.partial).
+//   LayerTarget / DirectTarget: the "write one entry" seam for a later delta mode.
+// Design notes and every deliberate difference from umoci: docs/unpack.md.
+export { unpackLayers, dropOstreeRepo, type LayerSource, type UnpackOptions, type UnpackProgress, type UnpackSummary } from './layers.ts';
+export { DirectTarget, type LayerTarget, type Outcome } from './entry.ts';
+export { compressionOf, corruptLayerError, decompressionStages, type Compression } from './decompress.ts';
+export type { TarEntry, EntryType } from './tar.ts';

@@ -1,0 +1,213 @@
+// Applies image layers in order onto a destination directory: decompress, parse, classify each
+// entry (whiteout, opaque whiteout, or something to write), enforce the limits, count.
+// Backpressure runs end to end: the layer stream, the inflater and the tar parser form one
+// pipeline, and the parser only moves on once the entry loop has consumed the current entry.
+import { lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Config } from '../config.ts';
+import { PivotError } from '../errors.ts';
+import { failpoint } from '../failpoints.ts';
+import { log } from '../log.ts';
+import { corruptLayerError, decompressionStages } from './decompress.ts';
+import { DirectTarget, type LayerTarget } from './entry.ts';
+import { cleanComponents } from './safepath.ts';
+import { createTarExtract, toTarEntry } from './tar.ts';
+
+/** A layer blob: the registry client's verified streams fit this, and so do local files. */
+export interface LayerSource {
+  digest: string;
+  mediaType: string;
+  size: number;
+  open(): Promise<Readable>;
+}
+
+export interface UnpackProgress {
+  /** 1-based index of the layer being applied. */
+  layer: number;
+  layers: number;
+  /** Compressed bytes read so far, all layers. */
+  bytesIn: number;
+  entries: number;
+}
+
+export interface UnpackOptions {
+  limits: Config['limits'];
+  allowDevices: boolean;
+  keepSysroot: boolean;
+  onProgress?(p: UnpackProgress): void;
+  /** Replaces the direct writer (delta mode, tests). */
+  target?: LayerTarget;
+}
+
+export interface UnpackSummary {
+  layers: number;
+  entries: number;
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  whiteouts: number;
+  devicesSkipped: number;
+  /** Bytes of regular-file content written. */
+  expandedBytes: number;
+  compressedBytes: number;
+  seconds: number;
+}
+
+/** Ratio checks start once a layer has expanded this far, so small layers never trip them. */
+export const RATIO_GRACE_BYTES = 64 * 1024 * 1024;
+const OPAQUE = '.wh..wh..opq';
+const WHITEOUT = '.wh.';
+const PROGRESS_EVERY = 1000;
+
+function limitError(what: string, field: string, facts: Record<string, unknown>): PivotError {
+  return new PivotError('limit', what, {
+    field: `limits.${field}`,
+    fix: `if the image is genuine, raise limits.${field} in the config; otherwise do not use this image`,
+    facts,
+  });
+}
+
+function counter(onChunk: (n: number) => void): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      try {
+        onChunk(chunk.length);
+      } catch (err) {
+        cb(err as Error);
+        return;
+      }
+      cb(null, chunk);
+    },
+  });
+}
+
+/** tar-stream's plain Errors, turned into one line that names the layer. */
+function tarError(err: unknown, label: string): unknown {
+  const mapped = corruptLayerError(err, label);
+  if (mapped !== err || err instanceof PivotError || !(err instanceof Error)) return mapped;
+  if (/tar header|Unexpected end of data|Invalid header|Header exceeds max size/.test(err.message)) {
+    return new PivotError('unpack', `layer ${label}: tar stream is corrupt, truncated or has trailing garbage (${err.message})`, {
+      fix: 'pull again; if it repeats, the layer in the registry is damaged or malformed',
+      facts: { layer: label },
+      cause: err,
+    });
+  }
+  return err;
+}
+
+async function drain(body: AsyncIterable<unknown>): Promise<void> {
+  for await (const _ of body) { /* discard */ }
+}
+
+export async function unpackLayers(dest: string, layers: LayerSource[], opts: UnpackOptions): Promise<UnpackSummary> {
+  const started = process.hrtime.bigint();
+  mkdirSync(dest, { recursive: true });
+  const target = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
+  const s: UnpackSummary = {
+    layers: layers.length, entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, whiteouts: 0,
+    devicesSkipped: 0, expandedBytes: 0, compressedBytes: 0, seconds: 0,
+  };
+  const { limits } = opts;
+
+  for (const [i, layer] of layers.entries()) {
+    failpoint('unpack.layer');
+    const label = `${i + 1}/${layers.length} ${layer.digest}`;
+    target.beginLayer(i);
+    let layerIn = 0;
+    let layerOut = 0;
+    let skippedHere = 0;
+    const progress = (): void => opts.onProgress?.({ layer: i + 1, layers: layers.length, bytesIn: s.compressedBytes, entries: s.entries });
+    const source = await layer.open();
+    const extract = createTarExtract(label);
+    const countIn = counter((n) => { layerIn += n; s.compressedBytes += n; });
+    const countOut = counter((n) => {
+      layerOut += n;
+      if (layerOut > RATIO_GRACE_BYTES && layerOut > limits.maxExpansionRatio * Math.max(layerIn, 1)) {
+        throw limitError(`layer ${label} expands more than ${limits.maxExpansionRatio}x (${layerOut} bytes from ${layerIn}): decompression bomb?`, 'maxExpansionRatio', { layer: label, layerIn, layerOut });
+      }
+    });
+
+    const entries = async (): Promise<void> => {
+      for await (const body of extract) {
+        failpoint('unpack.entry');
+        const entry = toTarEntry(body.header, label);
+        if (++s.entries > limits.maxEntries) {
+          throw limitError(`image has more than ${limits.maxEntries} entries`, 'maxEntries', { layer: label });
+        }
+        for (const p of [entry.name, entry.linkname]) {
+          if (Buffer.byteLength(p) > limits.maxPathLength) {
+            throw limitError(`layer ${label} has a ${Buffer.byteLength(p)}-byte path, over ${limits.maxPathLength}`, 'maxPathLength', { layer: label, path: p.slice(0, 200) });
+          }
+        }
+        const comps = cleanComponents(entry.name);
+        const base = comps.at(-1) ?? '';
+        if (base.startsWith(WHITEOUT)) {
+          s.whiteouts++;
+          if (base === OPAQUE) target.opaque(comps.slice(0, -1), entry.name);
+          // Other .wh..wh.* names are aufs bookkeeping (hardlink dirs); OCI reserves them.
+          else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) target.whiteout(comps.slice(0, -1), base.slice(WHITEOUT.length), entry.name);
+          await drain(body);
+          continue;
+        }
+        if (entry.type === 'file' && s.expandedBytes + entry.size > limits.maxExpandedBytes) {
+          throw limitError(`image expands beyond ${limits.maxExpandedBytes} bytes at ${JSON.stringify(entry.name)}`, 'maxExpandedBytes', { layer: label });
+        }
+        const outcome = await target.writeEntry(entry, body as AsyncIterable<Buffer>);
+        await drain(body);
+        if (outcome === 'file') {
+          s.files++;
+          s.expandedBytes += entry.size;
+        } else if (outcome === 'dir') s.dirs++;
+        else if (outcome === 'symlink') s.symlinks++;
+        else if (outcome === 'hardlink') s.hardlinks++;
+        else if (outcome === 'device-skipped') {
+          s.devicesSkipped++;
+          skippedHere++;
+        }
+        if (s.entries % PROGRESS_EVERY === 0) progress();
+      }
+    };
+
+    const piped = pipeline(source, countIn, ...decompressionStages(layer.mediaType, label), countOut, extract);
+    const looped = entries().catch((err: unknown) => {
+      // The parser waits for this loop; without destroying it the pipeline would never settle.
+      extract.destroy(err as Error);
+      source.destroy();
+      throw err;
+    });
+    const [p, l] = await Promise.allSettled([piped, looped]);
+    if (p.status === 'rejected' || l.status === 'rejected') {
+      const loopErr = l.status === 'rejected' ? l.reason : undefined;
+      const pipeErr = p.status === 'rejected' ? tarError(p.reason, label) : undefined;
+      const loopMapped = loopErr === undefined ? undefined : tarError(loopErr, label);
+      throw [loopMapped, pipeErr].find((e) => e instanceof PivotError) ?? loopMapped ?? pipeErr;
+    }
+    if (skippedHere > 0) {
+      log().warn({ layer: label, devicesSkipped: skippedHere }, 'skipped device nodes (allowDevices is off or not running as root)');
+    }
+    progress();
+  }
+
+  target.finish();
+  if (!opts.keepSysroot) dropOstreeRepo(dest);
+  failpoint('unpack.finish');
+  s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  return s;
+}
+
+/**
+ * An ostree-native image stores each file once under sysroot/ostree/repo/objects and hardlinks
+ * it at its real path, so removing the repo frees nothing but names: the data stays reachable.
+ * The empty sysroot/ directory stays, since it is a mount point in the booted layout.
+ */
+export function dropOstreeRepo(dest: string): boolean {
+  const repo = `${dest}/sysroot/ostree/repo`;
+  const st = lstatSync(repo, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) return false;
+  const sysrootOstree = `${dest}/sysroot/ostree`;
+  if (!lstatSync(sysrootOstree).isDirectory() || !lstatSync(`${dest}/sysroot`).isDirectory()) return false;
+  rmSync(sysrootOstree, { recursive: true, force: true });
+  return true;
+}
