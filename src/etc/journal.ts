@@ -1,0 +1,213 @@
+// The undo journal of an in-place /etc apply. One directory on the same filesystem as current:
+//   log        JSON lines: a header, then one record per action, each written BEFORE the action
+//              touches current (write-ahead), so a crash at any instant leaves enough to undo it;
+//   b/<i>      the entry action i replaced or removed (hard link for files and symlinks, the
+//              renamed directory itself for directories);
+//   committed  written once every action is done; from then on the journal is only garbage.
+// Undo is idempotent: rolling back twice (a crash during recovery) gives the same result.
+import {
+  closeSync, existsSync, fdatasyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync,
+  chmodSync, lchownSync, writeSync, writeFileSync, unlinkSync, linkSync,
+} from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { PivotError, isErrno } from '../errors.ts';
+import { log } from '../log.ts';
+
+export const JOURNAL_NAME = '.node-image-pivot-etc-journal';
+const LOG = 'log';
+const COMMITTED = 'committed';
+
+export interface JournalHeader {
+  v: 1;
+  current: string;
+  pid: number;
+  startedAt: string;
+}
+
+/**
+ * One action as recorded before it runs. `was` is false when the path was absent (undo removes
+ * whatever is there); otherwise the original lives at b/<i> once the action has started.
+ */
+export type JournalRecord =
+  | { i: number; op: 'create'; path: string; stage: string; was: boolean; wasDir: boolean }
+  | { i: number; op: 'remove'; path: string }
+  | { i: number; op: 'meta'; path: string; mode: number; uid: number; gid: number; symlink: boolean };
+
+/** Where the journal goes by default: beside current, so that it never shows up inside /etc. */
+export function besideJournalDir(current: string): string {
+  return join(dirname(resolve(current)), JOURNAL_NAME);
+}
+/** Fallback when the parent of current is another mount or read-only (composefs roots). */
+export function insideJournalDir(current: string): string {
+  return join(resolve(current), JOURNAL_NAME);
+}
+
+export class Journal {
+  readonly dir: string;
+  readonly current: string;
+  private fd: number;
+  private readonly durable: boolean;
+
+  private constructor(dir: string, current: string, fd: number, durable: boolean) {
+    this.dir = dir;
+    this.current = current;
+    this.fd = fd;
+    this.durable = durable;
+  }
+
+  /** Creates a fresh journal; refuses when one is already there (recover first). */
+  static create(dir: string, current: string, durable: boolean): Journal {
+    mkdirSync(dir, { mode: 0o700 });
+    mkdirSync(join(dir, 'b'), { mode: 0o700 });
+    const fd = openSync(join(dir, LOG), 'wx', 0o600);
+    const j = new Journal(dir, current, fd, durable);
+    const header: JournalHeader = { v: 1, current: resolve(current), pid: process.pid, startedAt: new Date().toISOString() };
+    j.append(header);
+    fdatasyncSync(fd);
+    return j;
+  }
+
+  backupPath(i: number): string {
+    return join(this.dir, 'b', String(i));
+  }
+
+  append(record: JournalRecord | JournalHeader): void {
+    const buf = Buffer.from(`${JSON.stringify(record)}\n`);
+    let off = 0;
+    while (off < buf.length) off += writeSync(this.fd, buf, off);
+    if (this.durable) fdatasyncSync(this.fd);
+  }
+
+  /** Marks the apply done. After this, recovery deletes the journal instead of undoing. */
+  commit(): void {
+    fdatasyncSync(this.fd);
+    const tmp = join(this.dir, `${COMMITTED}.tmp`);
+    writeFileSync(tmp, `${new Date().toISOString()}\n`);
+    renameSync(tmp, join(this.dir, COMMITTED));
+    this.close();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  close(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  /** Undoes every recorded action, newest first, then deletes the journal. */
+  rollback(): void {
+    this.close();
+    rollbackDir(this.dir, this.current);
+  }
+}
+
+function readLog(dir: string): { header: JournalHeader | undefined; records: JournalRecord[] } {
+  let text: string;
+  try {
+    text = readFileSync(join(dir, LOG), 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return { header: undefined, records: [] };
+    throw err;
+  }
+  const lines = text.split('\n');
+  let header: JournalHeader | undefined;
+  const records: JournalRecord[] = [];
+  for (const [k, line] of lines.entries()) {
+    if (line === '') continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch (err) {
+      // Only the last line can be torn by a crash, and its action had not started.
+      if (k >= lines.length - 2) break;
+      throw new PivotError('etc-merge', `journal line ${k + 1} is corrupt`, {
+        path: join(dir, LOG),
+        fix: 'restore /etc by hand from the b/ directory of the journal, then delete the journal',
+        cause: err,
+      });
+    }
+    if (k === 0) header = value as JournalHeader;
+    else records.push(value as JournalRecord);
+  }
+  return { header, records };
+}
+
+function exists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    throw err;
+  }
+}
+
+function undo(rec: JournalRecord, current: string, backup: string): void {
+  const target = join(current, rec.path);
+  switch (rec.op) {
+    case 'create': {
+      if (exists(rec.stage)) rmSync(rec.stage, { recursive: true, force: true });
+      if (!rec.was) {
+        if (exists(target)) rmSync(target, { recursive: true, force: true });
+        return;
+      }
+      if (!exists(backup)) return; // never started, or already undone
+      const t = exists(target) ? lstatSync(target) : undefined;
+      if (t?.isDirectory()) {
+        rmSync(target, { recursive: true, force: true });
+      } else if (t && rec.wasDir) {
+        unlinkSync(target);
+      }
+      // rename over a file or symlink is atomic: readers see the old or the new, never nothing.
+      renameSync(backup, target);
+      return;
+    }
+    case 'remove':
+      if (!exists(backup)) return;
+      if (exists(target)) rmSync(target, { recursive: true, force: true });
+      renameSync(backup, target);
+      return;
+    case 'meta':
+      if (!exists(target)) return;
+      lchownSync(target, rec.uid, rec.gid);
+      if (!rec.symlink) chmodSync(target, rec.mode);
+  }
+}
+
+/** Rolls back (or, when committed, just deletes) the journal at `dir` for `current`. */
+export function rollbackDir(dir: string, current: string): 'none' | 'rolled-back' {
+  if (existsSync(join(dir, COMMITTED))) {
+    rmSync(dir, { recursive: true, force: true });
+    return 'none';
+  }
+  const { header, records } = readLog(dir);
+  if (header && resolve(header.current) !== resolve(current)) {
+    throw new PivotError('etc-merge', `the journal belongs to ${JSON.stringify(header.current)}, not this directory`, {
+      path: dir,
+      fix: `run etc-merge with --current ${header.current} to roll it back first`,
+    });
+  }
+  for (const rec of [...records].reverse()) {
+    undo(rec, current, join(dir, 'b', String(rec.i)));
+  }
+  rmSync(dir, { recursive: true, force: true });
+  if (records.length === 0) return 'none';
+  log().warn({ journal: dir, actions: records.length }, 'etc merge: rolled back an unfinished apply');
+  return 'rolled-back';
+}
+
+/** Linux hard links and renames need the same mount; probe it once instead of failing mid-apply. */
+export function sameMount(dir: string, current: string): boolean {
+  const probe = join(dir, 'probe');
+  const peer = join(current, `.nip-probe.${process.pid}.${Date.now()}`);
+  writeFileSync(probe, '');
+  try {
+    linkSync(probe, peer);
+    unlinkSync(peer);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'EXDEV', 'EPERM', 'EROFS')) return false;
+    throw err;
+  } finally {
+    unlinkSync(probe);
+  }
+}
