@@ -1,5 +1,21 @@
-import type { Command } from './types.ts';
-import { notImplemented, registryOptionHelp, registryOptions } from './shared.ts';
+import type { Command, ParsedArgs } from './types.ts';
+import { PivotError } from '../errors.ts';
+import { notImplemented, registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { openImage, writeOciLayout, type RegistryOptions } from '../registry/index.ts';
+
+/** The registry flags shared by pull and resolve, as RegistryOptions. */
+export function registryOptionsFrom(values: ParsedArgs['values']): RegistryOptions {
+  const authfile = stringOpt(values, 'authfile');
+  const registriesConf = stringOpt(values, 'registries-conf');
+  const certDir = stringOpt(values, 'cert-dir');
+  const platform = stringOpt(values, 'platform');
+  return {
+    ...(authfile ? { authfile } : {}),
+    ...(registriesConf ? { registriesConf } : {}),
+    ...(certDir ? { certDir } : {}),
+    ...(platform ? { platform } : {}),
+  };
+}
 
 export const pullCommand: Command = {
   name: 'pull',
@@ -19,7 +35,33 @@ export const pullCommand: Command = {
     json: 'print the summary as JSON',
   },
   positionals: { names: ['IMAGE'], min: 1, max: 1 },
-  async run() {
-    notImplemented('pull');
+  async run(args) {
+    const dest = stringOpt(args.values, 'dest');
+    const layout = stringOpt(args.values, 'oci-layout');
+    if ((dest === undefined) === (layout === undefined)) {
+      throw new PivotError('usage', 'pull: give exactly one of --dest DIR or --oci-layout DIR', { fix: "run 'node-image-pivot pull --help'" });
+    }
+    if (dest !== undefined) notImplemented('pull --dest (unpacking)');
+    const started = Date.now();
+    const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
+    try {
+      const result = await writeOciLayout(image, layout!);
+      const stats = image.stats();
+      const summary = {
+        image: image.reference.toString(),
+        manifestDigest: image.manifestDigest,
+        source: image.source,
+        dir: result.dir,
+        blobs: result.blobs,
+        bytes: result.bytes,
+        ...stats,
+        seconds: (Date.now() - started) / 1000,
+      };
+      process.stdout.write(args.values.json ? `${JSON.stringify(summary)}\n`
+        : `pulled ${summary.image}@${summary.manifestDigest} into ${summary.dir} (${summary.blobs} blobs, ${summary.bytes} bytes, ${stats.bytesFetched} fetched, ${summary.seconds}s)\n`);
+      return 0;
+    } finally {
+      await image.close();
+    }
   },
 };

@@ -1,5 +1,7 @@
 import type { Command } from './types.ts';
-import { notImplemented, registryOptionHelp, registryOptions } from './shared.ts';
+import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { registryOptionsFrom } from './pull.ts';
+import { resolveComponent } from '../registry/index.ts';
 
 export const resolveCommand: Command = {
   name: 'resolve',
@@ -17,7 +19,10 @@ export const resolveCommand: Command = {
     json: 'print the result and byte counts as JSON',
   },
   positionals: { names: ['RELEASE_IMAGE'], min: 1, max: 1 },
-  async run() {
-    notImplemented('resolve');
+  async run(args) {
+    const component = stringOpt(args.values, 'component') ?? 'rhel-coreos';
+    const r = await resolveComponent(args.positionals[0]!, component, registryOptionsFrom(args.values));
+    process.stdout.write(args.values.json ? `${JSON.stringify({ component, ...r })}\n` : `${r.pullspec}\n`);
+    return 0;
   },
 };

@@ -1,0 +1,241 @@
+// Opening an image: registries.conf sources in order, the manifest (verified, capped, platform
+// chosen from an index), the config, and verified blob access for the caller.
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { PivotError } from '../errors.ts';
+import { failpoint } from '../failpoints.ts';
+import { log } from '../log.ts';
+import { authFileCandidates, readAuthFiles } from './auth.ts';
+import {
+  fetchBlobToDir, openBlobStream, verifiedChunks, type BlobContext, type BlobSource, type BlobStats, type LayerDescriptor,
+} from './blobs.ts';
+import {
+  hostPlatform, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, parseManifest, parsePlatform, platformString, selectPlatform,
+  type Descriptor, type Platform,
+} from './manifest.ts';
+import { loadRegistriesConf, sourcesFor, type Source } from './mirrors.ts';
+import { parseReference, refSuffix, type ImageReference } from './reference.ts';
+import { SessionPool, type RegistrySession } from './session.ts';
+import { backoffDelay, DEFAULT_TIMEOUTS, sleep, type Timeouts } from './transport.ts';
+
+export interface RegistryOptions {
+  authfile?: string;
+  registriesConf?: string;
+  certDir?: string;
+  /** OS/ARCH[/VARIANT]; default: this host. */
+  platform?: string;
+  /** Blobs fetched at once by fetchAll-style callers (default 3). */
+  concurrency?: number;
+  /** Digest-keyed blob cache (staging dir); verified blobs there are never fetched again. */
+  cacheDir?: string;
+  timeouts?: Partial<Timeouts>;
+}
+
+export interface OpenedImage {
+  reference: ImageReference;
+  /** Digest of the image manifest (the platform's, when the reference names an index). */
+  manifestDigest: string;
+  /** Digest of the index the reference named, when it named one. */
+  indexDigest?: string;
+  manifest: unknown;
+  manifestBytes: Buffer;
+  manifestMediaType: string;
+  config: unknown;
+  configBytes: Buffer;
+  configDescriptor: LayerDescriptor;
+  platform: Platform;
+  layers: LayerDescriptor[];
+  /** registry/repository of the source that served the manifest. */
+  source: string;
+  concurrency: number;
+  /** A verified stream: a digest/size mismatch errors at the end with kind 'verification'. */
+  openBlob(layer: LayerDescriptor): Promise<Readable>;
+  /** Fetches into the cache (or `dir`) and returns the file path. */
+  fetchBlobToCache(layer: LayerDescriptor, dir?: string): Promise<string>;
+  stats(): BlobStats;
+  close(): Promise<void>;
+}
+
+const TRANSIENT = new Set([429, 500, 502, 503, 504]);
+
+function errorCodes(text: string): string {
+  try {
+    const doc = JSON.parse(text) as { errors?: Array<{ code?: string }> };
+    return (doc.errors ?? []).map((e) => e.code).filter(Boolean).join(', ');
+  } catch {
+    return '';
+  }
+}
+
+async function readCapped(body: AsyncIterable<unknown>, cap: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of body) {
+    n += (c as Buffer).length;
+    if (n > cap) throw new PivotError('registry', `${what} is larger than ${cap} bytes`, { fix: 'check that the reference names an image manifest', permanent: true });
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** GETs one manifest, verifying its digest when one is expected. Retries transient failures. */
+export async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, deadline: number): Promise<{ bytes: Buffer; contentType: string | undefined; digest: string }> {
+  const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
+  failpoint('registry.manifest');
+  for (let attempt = 0; ; attempt++) {
+    const res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what });
+    if (TRANSIENT.has(res.statusCode) && attempt < 3 && Date.now() < deadline) {
+      await res.body.dump();
+      await sleep(backoffDelay(attempt));
+      continue;
+    }
+    if (res.statusCode !== 200) {
+      const text = await readCapped(res.body, 64 * 1024, what).then((b) => b.toString(), () => '');
+      const codes = errorCodes(text);
+      const notFound = res.statusCode === 404;
+      throw new PivotError('registry', `${what}: HTTP ${res.statusCode}${codes ? ` ${codes}` : ''}${notFound ? ' (no such repository or tag)' : ''}`, {
+        fix: notFound ? 'check the image name and tag, and that the image was pushed to this registry' : 'retry later; if it persists, check the registry',
+        facts: { status: res.statusCode, registry: session.registry, repository, reference },
+        permanent: notFound,
+      });
+    }
+    const len = Number(res.headers['content-length'] ?? 0);
+    if (len > MAX_MANIFEST_BYTES) {
+      await res.body.dump();
+      throw new PivotError('registry', `${what} is ${len} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`, { fix: 'check that the reference names an image manifest', permanent: true });
+    }
+    const bytes = await readCapped(res.body, MAX_MANIFEST_BYTES, what);
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const claimed = res.headers['docker-content-digest'];
+    const expected = expectedDigest ?? (typeof claimed === 'string' && claimed.startsWith('sha256:') ? claimed : undefined);
+    if (expected !== undefined && digest !== expected) {
+      throw new PivotError('verification', `${what} has digest ${digest}, expected ${expected}`, {
+        fix: 'the registry or mirror serves a different manifest than the digest names: re-push the image or remove that mirror',
+        facts: { expected, actual: digest, registry: session.registry },
+      });
+    }
+    const ct = res.headers['content-type'];
+    return { bytes, contentType: typeof ct === 'string' ? ct : undefined, digest };
+  }
+}
+
+interface Resolved {
+  source: Source;
+  manifestBytes: Buffer;
+  manifestMediaType: string;
+  manifestDigest: string;
+  indexDigest?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  platform: Platform;
+}
+
+async function resolveAt(session: RegistrySession, source: Source, wanted: Platform, explicitPlatform: boolean, deadline: number): Promise<Resolved> {
+  const ref = source.ref;
+  const selector = ref.digest ?? ref.tag ?? 'latest';
+  const what = `${source.name}:${refSuffix(ref)}`;
+  const top = await fetchManifest(session, ref.repository, selector, ref.digest, deadline);
+  let parsed = parseManifest(top.bytes, top.contentType, `manifest ${what}`);
+  let bytes = top.bytes;
+  let digest = top.digest;
+  let indexDigest: string | undefined;
+  let platform: Platform | undefined;
+  if (parsed.kind === 'index') {
+    const chosen = selectPlatform(parsed.manifests, wanted, `image index ${what}`, explicitPlatform);
+    indexDigest = top.digest;
+    platform = chosen.platform;
+    const child = await fetchManifest(session, ref.repository, chosen.digest, chosen.digest, deadline);
+    parsed = parseManifest(child.bytes, child.contentType ?? chosen.mediaType, `manifest ${source.name}@${chosen.digest}`);
+    if (parsed.kind !== 'image') throw new PivotError('registry', `image index ${what} points at another index for ${platformString(wanted)}`, { fix: 'flatten the index when pushing', permanent: true });
+    bytes = child.bytes;
+    digest = child.digest;
+  }
+  return {
+    source, manifestBytes: bytes, manifestMediaType: parsed.mediaType, manifestDigest: digest,
+    ...(indexDigest ? { indexDigest } : {}),
+    config: parsed.config, layers: parsed.layers, platform: platform ?? wanted,
+  };
+}
+
+async function readConfig(ctx: BlobContext, desc: Descriptor): Promise<Buffer> {
+  if (desc.size > 16 * 1024 * 1024) throw new PivotError('registry', `image config ${desc.digest} is ${desc.size} bytes, over 16 MiB`, { fix: 'check the image', permanent: true });
+  const chunks: Buffer[] = [];
+  for await (const c of verifiedChunks(ctx, desc)) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+
+/** Resolves the reference through registries.conf, fetches manifest and config. See index.ts. */
+export async function openImage(refText: string, opts: RegistryOptions = {}): Promise<OpenedImage> {
+  const timeouts: Timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+  const deadline = Date.now() + timeouts.pullSeconds * 1000;
+  const conf = loadRegistriesConf(opts.registriesConf ?? '/etc/containers/registries.conf', opts.registriesConf !== undefined);
+  const reference = parseReference(refText, { unqualifiedSearch: conf.unqualifiedSearch });
+  const plan = sourcesFor(reference, conf);
+  const explicitPlatform = opts.platform !== undefined;
+  const wanted = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
+  const authSearch = authFileCandidates(opts.authfile);
+  const authFiles = readAuthFiles(authSearch, opts.authfile !== undefined);
+  const pool = new SessionPool({ authFiles, authSearch: authFiles.map((f) => f.path).length ? authFiles.map((f) => f.path) : authSearch, ...(opts.certDir ? { certDir: opts.certDir } : {}), timeouts });
+  const skipped = [...plan.skipped];
+  for (const s of skipped) log().info({ image: reference.toString(), source: s.name, reason: s.reason }, 'source skipped');
+
+  let resolved: Resolved | undefined;
+  let lastError: unknown;
+  let servedIndex = -1;
+  try {
+    for (let i = 0; i < plan.sources.length; i++) {
+      const source = plan.sources[i]!;
+      try {
+        resolved = await resolveAt(pool.get(source.ref.registry, source.insecure), source, wanted, explicitPlatform, deadline);
+        servedIndex = i;
+        break;
+      } catch (err) {
+        lastError = err;
+        const e = err as PivotError;
+        if (e instanceof PivotError && (e.kind === 'usage' || e.facts.noPlatform)) throw e;
+        const reason = err instanceof Error ? err.message : String(err);
+        skipped.push({ name: source.name, reason });
+        if (i + 1 < plan.sources.length) log().warn({ image: reference.toString(), source: source.name, reason }, 'source failed, trying the next one');
+      }
+    }
+    if (!resolved) throw lastError;
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
+
+  const r = resolved;
+  const blobSources: BlobSource[] = plan.sources.slice(servedIndex).map((s) => ({
+    session: pool.get(s.ref.registry, s.insecure), repository: s.ref.repository, name: s.name,
+  }));
+  const stats: BlobStats = { bytesFetched: 0, bytesResumed: 0, bytesFromCache: 0 };
+  const ctx: BlobContext = { sources: blobSources, skipped, deadline, stats, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
+  let configBytes: Buffer;
+  try {
+    configBytes = await readConfig(ctx, r.config);
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
+  log().info({ image: reference.toString(), source: r.source.name, manifestDigest: r.manifestDigest, platform: platformString(r.platform), layers: r.layers.length }, 'manifest resolved');
+  const strip = (d: Descriptor): LayerDescriptor => ({ digest: d.digest, size: d.size, mediaType: d.mediaType });
+  return {
+    reference,
+    manifestDigest: r.manifestDigest,
+    ...(r.indexDigest ? { indexDigest: r.indexDigest } : {}),
+    manifest: JSON.parse(r.manifestBytes.toString('utf8')),
+    manifestBytes: r.manifestBytes,
+    manifestMediaType: r.manifestMediaType,
+    config: JSON.parse(configBytes.toString('utf8')),
+    configBytes,
+    configDescriptor: strip(r.config),
+    platform: r.platform,
+    layers: r.layers.map(strip),
+    source: r.source.name,
+    concurrency: opts.concurrency ?? 3,
+    openBlob: (layer) => openBlobStream(ctx, layer),
+    fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
+    stats: () => ({ ...stats }),
+    close: () => pool.close(),
+  };
+}

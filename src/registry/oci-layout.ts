@@ -1,0 +1,47 @@
+// Writes an opened image as a standard OCI image layout (oci-layout, index.json, blobs/sha256/),
+// the interop proof that what we fetched is exactly what the registry holds. Written to
+// DIR.partial and renamed, so DIR either is complete or does not exist.
+import { existsSync } from 'node:fs';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PivotError } from '../errors.ts';
+import { mapLimit } from './blobs.ts';
+import type { OpenedImage } from './client.ts';
+import { OCI_INDEX } from './manifest.ts';
+
+export interface LayoutResult {
+  dir: string;
+  tag: string | undefined;
+  manifestDigest: string;
+  blobs: number;
+  bytes: number;
+}
+
+export async function writeOciLayout(image: OpenedImage, dir: string): Promise<LayoutResult> {
+  if (existsSync(dir)) {
+    throw new PivotError('usage', `${dir} already exists`, { path: dir, fix: 'remove it or choose another --oci-layout directory' });
+  }
+  const partial = `${dir}.partial`;
+  const blobDir = join(partial, 'blobs', 'sha256');
+  await mkdir(blobDir, { recursive: true });
+  // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.
+  const blobs = [image.configDescriptor, ...image.layers];
+  await mapLimit(blobs, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
+  await writeFile(join(blobDir, image.manifestDigest.slice('sha256:'.length)), image.manifestBytes);
+  const tag = image.reference.tag ?? (image.reference.digest ? undefined : 'latest');
+  const index = {
+    schemaVersion: 2,
+    mediaType: OCI_INDEX,
+    manifests: [{
+      mediaType: image.manifestMediaType,
+      digest: image.manifestDigest,
+      size: image.manifestBytes.length,
+      platform: image.platform,
+      ...(tag ? { annotations: { 'org.opencontainers.image.ref.name': tag } } : {}),
+    }],
+  };
+  await writeFile(join(partial, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  await writeFile(join(partial, 'index.json'), JSON.stringify(index));
+  await rename(partial, dir);
+  return { dir, tag, manifestDigest: image.manifestDigest, blobs: blobs.length + 1, bytes: blobs.reduce((n, b) => n + b.size, 0) };
+}

@@ -1,0 +1,143 @@
+// HTTP plumbing for registries: one undici dispatcher per registry host (system CAs plus
+// certs.d or --cert-dir CAs, HTTP(S)_PROXY/NO_PROXY), network error classification that says
+// whether DNS, connect or TLS failed, and the retry/backoff/Retry-After/Range maths (pure).
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { rootCertificates } from 'node:tls';
+import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
+import { PivotError, isErrno } from '../errors.ts';
+
+export const DEFAULT_CERTS_D = '/etc/containers/certs.d';
+
+export interface Timeouts {
+  pullSeconds: number;
+  readSeconds: number;
+  connectSeconds: number;
+}
+export const DEFAULT_TIMEOUTS: Timeouts = { pullSeconds: 3600, readSeconds: 60, connectSeconds: 30 };
+
+/** CA PEMs for one registry: --cert-dir when given, else certs.d/HOST[:PORT]/*.crt. */
+export function extraCas(registry: string, certDir: string | undefined, certsD = DEFAULT_CERTS_D): { files: string[]; pems: string[] } {
+  const dir = certDir ?? join(certsD, registry);
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith('.crt')).sort();
+  } catch (err) {
+    if (isErrno(err, 'ENOENT', 'ENOTDIR') && certDir === undefined) return { files: [], pems: [] };
+    throw new PivotError('config', `certificate directory ${dir} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+      path: dir,
+      fix: 'pass a readable directory of *.crt CA files to --cert-dir',
+    });
+  }
+  const files = names.map((n) => join(dir, n));
+  return { files, pems: files.map((f) => readFileSync(f, 'utf8')) };
+}
+
+const proxyEnvSet = (env: NodeJS.ProcessEnv): boolean =>
+  Boolean(env.HTTP_PROXY || env.http_proxy || env.HTTPS_PROXY || env.https_proxy);
+
+/** A dispatcher for one registry host. Redirects are never followed here (see session.ts). */
+export function makeDispatcher(opts: { cas: string[]; timeouts: Timeouts; insecureTls?: boolean; env?: NodeJS.ProcessEnv }): Dispatcher {
+  const tlsOpts = {
+    ...(opts.cas.length ? { ca: [...rootCertificates, ...opts.cas] } : {}),
+    ...(opts.insecureTls ? { rejectUnauthorized: false } : {}),
+  };
+  const common = {
+    connect: { ...tlsOpts, timeout: opts.timeouts.connectSeconds * 1000 },
+    headersTimeout: opts.timeouts.readSeconds * 1000,
+    bodyTimeout: opts.timeouts.readSeconds * 1000,
+  };
+  if (proxyEnvSet(opts.env ?? process.env)) return new EnvHttpProxyAgent({ ...common, requestTls: tlsOpts });
+  return new Agent(common);
+}
+
+const DNS_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME', 'EAI_FAIL']);
+const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'EADDRNOTAVAIL']);
+const TLS_CODE = /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|EPROTO|ERR_OSSL|HOSTNAME_MISMATCH)/;
+
+export type NetworkStage = 'dns' | 'connect' | 'tls' | 'transfer';
+
+function errCode(err: unknown): string | undefined {
+  let e = err as { code?: unknown; cause?: unknown; errors?: unknown[] } | undefined;
+  for (let depth = 0; e && depth < 4; depth++) {
+    if (typeof e.code === 'string' && e.code !== 'UND_ERR') return e.code;
+    if (Array.isArray(e.errors) && e.errors.length) e = e.errors[0] as typeof e;
+    else e = e.cause as typeof e;
+  }
+  return undefined;
+}
+
+/** Pure: which stage an error from undici belongs to. */
+export function networkStage(err: unknown): NetworkStage {
+  const code = errCode(err) ?? '';
+  if (DNS_CODES.has(code)) return 'dns';
+  if (CONNECT_CODES.has(code)) return 'connect';
+  if (TLS_CODE.test(code)) return 'tls';
+  return 'transfer';
+}
+
+export function isNetworkError(err: unknown): boolean {
+  if (err instanceof PivotError) return err.kind === 'network';
+  const code = errCode(err);
+  return code !== undefined && (code.startsWith('UND_ERR') || code.startsWith('E') || TLS_CODE.test(code) || code.startsWith('ERR_'));
+}
+
+/** A PivotError naming the host and whether DNS, connect, TLS or the transfer failed. */
+export function networkError(err: unknown, host: string, what: string): PivotError {
+  if (err instanceof PivotError) return err;
+  const stage = networkStage(err);
+  const code = errCode(err) ?? 'unknown';
+  const detail = `${code}${err instanceof Error && err.message && !err.message.includes(code) ? `: ${err.message}` : ''}`;
+  const text: Record<NetworkStage, [string, string]> = {
+    dns: [`DNS lookup of ${host.replace(/:\d+$/, '')} failed (${detail})`, 'check the registry host name and the node\'s DNS servers'],
+    connect: [`connect to ${host} failed (${detail})`, 'check that the registry is up and reachable (routes, firewall, HTTP(S)_PROXY/NO_PROXY)'],
+    tls: [`TLS handshake with ${host} failed (${detail})`, `add the registry's CA to /etc/containers/certs.d/${host}/ca.crt or pass --cert-dir`],
+    transfer: [`transfer from ${host} failed (${detail})`, 'check the network path to the registry and retry'],
+  };
+  const [msg, fix] = text[stage];
+  return new PivotError('network', `${msg} while fetching ${what}`, { fix, facts: { host, stage, code }, cause: err });
+}
+
+// ---- retry maths (pure) --------------------------------------------------------------------
+
+export interface Backoff {
+  baseMs: number;
+  maxMs: number;
+  maxAttempts: number;
+}
+export const DEFAULT_BACKOFF: Backoff = { baseMs: 250, maxMs: 10_000, maxAttempts: 6 };
+
+/** Full-jitter exponential backoff: uniform in [0, min(max, base * 2^attempt)]. */
+export function backoffDelay(attempt: number, b: Backoff = DEFAULT_BACKOFF, random: () => number = Math.random): number {
+  const cap = Math.min(b.maxMs, b.baseMs * 2 ** attempt);
+  return Math.floor(random() * cap);
+}
+
+/** Retry-After: delta-seconds or an HTTP-date; undefined when absent or unparseable. */
+export function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (v === undefined || v.trim() === '') return undefined;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim()) * 1000;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - now);
+}
+
+/** Pure: the Range header to resume at `offset`, or undefined to start over. */
+export function rangeHeader(offset: number): string | undefined {
+  return offset > 0 ? `bytes=${offset}-` : undefined;
+}
+
+/**
+ * Pure: what to do with a (re)started response. 206 must start exactly at `offset`; a 200 means
+ * the server ignored the Range, so the first `offset` bytes must be skipped (already hashed).
+ */
+export function resumePlan(status: number, contentRange: string | undefined, offset: number): { skip: number } | { error: string } {
+  if (status === 200) return { skip: offset };
+  if (status !== 206) return { error: `unexpected HTTP ${status}` };
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange ?? '');
+  if (!m) return { error: `206 without a valid Content-Range (${contentRange ?? 'none'})` };
+  if (Number(m[1]) !== offset) return { error: `asked for bytes from ${offset}, got from ${m[1]}` };
+  return { skip: 0 };
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
