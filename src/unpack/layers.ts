@@ -12,7 +12,7 @@ import { log } from '../log.ts';
 import { corruptLayerError, decompressionStages } from './decompress.ts';
 import { DirectTarget, type LayerTarget } from './entry.ts';
 import { cleanComponents } from './safepath.ts';
-import { createTarExtract, toTarEntry } from './tar.ts';
+import { createTarExtract, toTarEntry, type TarEntry } from './tar.ts';
 
 /** A layer blob: the registry client's verified streams fit this, and so do local files. */
 export interface LayerSource {
@@ -97,6 +97,22 @@ function tarError(err: unknown, label: string): unknown {
   return err;
 }
 
+/** A failed syscall on one entry, named: ENAMETOOLONG, ENOSPC, EPERM and friends. */
+function entryError(err: unknown, name: string, label: string): unknown {
+  // Only real syscall failures; stream errors (a truncated layer) are reported by the pipeline.
+  if (err instanceof PivotError || typeof (err as NodeJS.ErrnoException)?.syscall !== 'string') return err;
+  const e = err as NodeJS.ErrnoException;
+  const fix = e.code === 'ENOSPC' ? 'free space on the destination filesystem or raise its size'
+    : e.code === 'ENAMETOOLONG' ? 'use a shorter destination directory: the host path must fit in 4096 bytes'
+      : 'check the destination filesystem and permissions (run as root)';
+  return new PivotError('unpack', `layer ${label}: cannot write ${JSON.stringify(name.slice(0, 300))}: ${e.code} in ${e.syscall}`, {
+    path: name.slice(0, 300),
+    fix,
+    facts: { layer: label, code: e.code },
+    cause: err,
+  });
+}
+
 async function drain(body: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of body) { /* discard */ }
 }
@@ -129,47 +145,54 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
       }
     });
 
+    const one = async (entry: TarEntry, body: AsyncIterable<Buffer>): Promise<void> => {
+      if (++s.entries > limits.maxEntries) {
+        throw limitError(`image has more than ${limits.maxEntries} entries`, 'maxEntries', { layer: label });
+      }
+      for (const p of [entry.name, entry.linkname]) {
+        if (Buffer.byteLength(p) > limits.maxPathLength) {
+          throw limitError(`layer ${label} has a ${Buffer.byteLength(p)}-byte path, over ${limits.maxPathLength}`, 'maxPathLength', { layer: label, path: p.slice(0, 200) });
+        }
+      }
+      const comps = cleanComponents(entry.name);
+      const base = comps.at(-1) ?? '';
+      if (base.startsWith(WHITEOUT)) {
+        s.whiteouts++;
+        if (base === OPAQUE) target.opaque(comps.slice(0, -1), entry.name);
+        // Other .wh..wh.* names are aufs bookkeeping (hardlink dirs); OCI reserves them.
+        else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) target.whiteout(comps.slice(0, -1), base.slice(WHITEOUT.length), entry.name);
+        await drain(body);
+        return;
+      }
+      if (entry.type === 'file' && s.expandedBytes + entry.size > limits.maxExpandedBytes) {
+        throw limitError(`image expands beyond ${limits.maxExpandedBytes} bytes at ${JSON.stringify(entry.name)}`, 'maxExpandedBytes', { layer: label });
+      }
+      const outcome = await target.writeEntry(entry, body);
+      await drain(body);
+      if (outcome === 'file') {
+        s.files++;
+        s.expandedBytes += entry.size;
+      } else if (outcome === 'dir') s.dirs++;
+      else if (outcome === 'symlink') s.symlinks++;
+      else if (outcome === 'hardlink') s.hardlinks++;
+      else if (outcome === 'device-skipped') {
+        s.devicesSkipped++;
+        skippedHere++;
+      }
+    };
+
     const entries = async (): Promise<void> => {
       for await (const body of extract) {
         failpoint('unpack.entry');
         const entry = toTarEntry(body.header, label);
-        if (++s.entries > limits.maxEntries) {
-          throw limitError(`image has more than ${limits.maxEntries} entries`, 'maxEntries', { layer: label });
-        }
-        for (const p of [entry.name, entry.linkname]) {
-          if (Buffer.byteLength(p) > limits.maxPathLength) {
-            throw limitError(`layer ${label} has a ${Buffer.byteLength(p)}-byte path, over ${limits.maxPathLength}`, 'maxPathLength', { layer: label, path: p.slice(0, 200) });
-          }
-        }
-        const comps = cleanComponents(entry.name);
-        const base = comps.at(-1) ?? '';
-        if (base.startsWith(WHITEOUT)) {
-          s.whiteouts++;
-          if (base === OPAQUE) target.opaque(comps.slice(0, -1), entry.name);
-          // Other .wh..wh.* names are aufs bookkeeping (hardlink dirs); OCI reserves them.
-          else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) target.whiteout(comps.slice(0, -1), base.slice(WHITEOUT.length), entry.name);
-          await drain(body);
-          continue;
-        }
-        if (entry.type === 'file' && s.expandedBytes + entry.size > limits.maxExpandedBytes) {
-          throw limitError(`image expands beyond ${limits.maxExpandedBytes} bytes at ${JSON.stringify(entry.name)}`, 'maxExpandedBytes', { layer: label });
-        }
-        const outcome = await target.writeEntry(entry, body as AsyncIterable<Buffer>);
-        await drain(body);
-        if (outcome === 'file') {
-          s.files++;
-          s.expandedBytes += entry.size;
-        } else if (outcome === 'dir') s.dirs++;
-        else if (outcome === 'symlink') s.symlinks++;
-        else if (outcome === 'hardlink') s.hardlinks++;
-        else if (outcome === 'device-skipped') {
-          s.devicesSkipped++;
-          skippedHere++;
+        try {
+          await one(entry, body as AsyncIterable<Buffer>);
+        } catch (err) {
+          throw entryError(err, entry.name, label);
         }
         if (s.entries % PROGRESS_EVERY === 0) progress();
       }
     };
-
     const piped = pipeline(source, countIn, ...decompressionStages(layer.mediaType, label), countOut, extract);
     const looped = entries().catch((err: unknown) => {
       // The parser waits for this loop; without destroying it the pipeline would never settle.

@@ -1,10 +1,11 @@
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { unpackLayers } from '../../src/unpack/index.ts';
 import { readXattrs } from '../../src/xattr.ts';
 import { TarBuilder } from '../helpers/tar-builder.ts';
-import { GZIP, TAR, ZSTD, options, sandbox, tarLayer, type Sandbox } from './util.ts';
+import { compareTrees } from '../helpers/tree-compare.ts';
+import { GZIP, TAR, ZSTD, defaultLimits, options, sandbox, tarLayer, type Sandbox } from './util.ts';
 
 const CAP = Buffer.from('0100000200200000000000000000000000000000', 'hex'); // cap_net_bind_service=ep
 const BINARY = Buffer.from([0x00, 0xff, 0xfe, 0x0a, 0x3d, 0x20, 0xc3, 0x28, 0x00, 0x80]); // NUL, bad UTF-8, '\n', '=', ' '
@@ -163,3 +164,29 @@ describe('unpackLayers', () => {
 function readFileSyncTree(root: string): string[] {
   return readdirSync(root, { recursive: true }).map(String);
 }
+
+describe('tree-compare (the ground-truth tool itself)', () => {
+  it('reports mode, content, xattr, link-group and presence differences', async () => {
+    const tar = new TarBuilder().file('a', '1').file('b', '2').hardlink('c', 'b').end();
+    const a = join(sb.base, 'dest-a');
+    const b = join(sb.base, 'dest-b');
+    await unpackLayers(a, [tarLayer(tar)], options());
+    await unpackLayers(b, [tarLayer(tar)], options());
+    expect(compareTrees(a, b)).toEqual([]);
+    chmodSync(join(b, 'a'), 0o600);
+    writeFileSync(join(b, 'b'), '3');
+    writeFileSync(join(b, 'extra'), '');
+    const diffs = compareTrees(a, b).join('\n');
+    expect(diffs).toMatch(/"a": mode "644" != "600"/);
+    expect(diffs).toMatch(/"b": sha256/);
+    expect(diffs).toMatch(/"extra": only in/);
+  });
+});
+
+describe('errors from the filesystem name the entry', () => {
+  it('a host path over PATH_MAX is a clear unpack error', async () => {
+    const deep = Array.from({ length: 17 }, () => 'q'.repeat(250)).join('/');
+    const err = await unpackLayers(sb.dest, [tarLayer(new TarBuilder().file(`${deep}/f`, 'x').end())], options({ limits: defaultLimits({ maxPathLength: 8000 }) })).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/cannot write .*ENAMETOOLONG/);
+  });
+});
