@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, chmodSync, mkdirSync, writeFileSync, statSync, realpathSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
+import { readUnitAssets } from '../../src/ignition/assets.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const dist = join(root, 'dist');
@@ -28,6 +29,8 @@ export async function bundleOnly(): Promise<string> {
     legalComments: 'none',
     logLevel: 'warning',
     banner: { js: '"use strict";' },
+    // The units and generator travel inside the binary, for `ignition` on machines without units/.
+    define: { __NODE_IMAGE_PIVOT_ASSETS__: JSON.stringify(readUnitAssets(join(root, 'units'))) },
   });
   return bundle;
 }
