@@ -12,6 +12,9 @@ import { join } from 'node:path';
 import { readXattrs, xattrs } from '../../src/xattr.ts';
 import type { EtcEntry, EtcTree } from '../../src/etc/types.ts';
 
+// Keep test output readable: the merge logs one info line per apply.
+process.env.NODE_IMAGE_PIVOT_LOG_LEVEL ??= 'warn';
+
 export type Node =
   | { t: 'f'; c: string; m: number; u: number; g: number; x?: Record<string, string> }
   | { t: 'd'; m: number; u: number; g: number }
