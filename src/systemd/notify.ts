@@ -1,0 +1,69 @@
+// sd_notify(3) for the agent's unit: STATUS= lines show the current phase in `systemctl status`,
+// READY=1 ends a Type=notify start. Every npm binding of sd_notify is a native addon, so this goes
+// through systemd-notify(1). For STATUS= alone it sends with its *parent's* PID in the
+// credentials, i.e. ours: systemd attributes the line to the agent even after systemd-notify has
+// exited, avoiding the race that loses notifications from short-lived helpers (test/systemd/
+// notify.test.ts checks this). READY=1 goes out with systemd-notify's own PID, so the units set
+// NotifyAccess=all.
+//
+// Notifying is best effort: a lost STATUS line must never fail a pivot, so nothing here throws.
+import { execa } from 'execa';
+
+export interface NotifyFields {
+  STATUS?: string;
+  READY?: '1';
+  RELOADING?: '1';
+  STOPPING?: '1';
+  ERRNO?: string;
+  EXTEND_TIMEOUT_USEC?: string;
+}
+
+export interface NotifyOptions {
+  /** Defaults to process.env; the message goes nowhere when NOTIFY_SOCKET is unset. */
+  env?: NodeJS.ProcessEnv;
+  /** Path of systemd-notify (tests). */
+  command?: string;
+  timeoutMs?: number;
+}
+
+/**
+ * Pure: the argument list for systemd-notify. Values become one line each, because sd_notify
+ * separates fields by newlines: a newline inside STATUS= would smuggle in another field.
+ */
+export function notifyArgs(fields: NotifyFields): string[] {
+  const args: string[] = [];
+  for (const [key, value] of Object.entries(fields) as Array<[string, string | undefined]>) {
+    if (value === undefined) continue;
+    const clean = value.replace(/[\r\n]+/g, ' ').replace(/\0/g, '').trim();
+    args.push(`${key}=${clean}`);
+  }
+  return args;
+}
+
+/** Sends `fields`; resolves to whether systemd-notify accepted them (false when not under systemd). */
+export async function sdNotify(fields: NotifyFields, opts: NotifyOptions = {}): Promise<boolean> {
+  const env = opts.env ?? process.env;
+  if (!env.NOTIFY_SOCKET) return false;
+  const args = notifyArgs(fields);
+  if (!args.length) return false;
+  try {
+    const r = await execa(opts.command ?? 'systemd-notify', args, {
+      env,
+      extendEnv: false,
+      reject: false,
+      timeout: opts.timeoutMs ?? 5000,
+      stdin: 'ignore',
+    });
+    return r.exitCode === 0;
+  } catch {
+    return false;
+  }
+}
+
+export function notifyStatus(text: string, opts?: NotifyOptions): Promise<boolean> {
+  return sdNotify({ STATUS: text }, opts);
+}
+
+export function notifyReady(status?: string, opts?: NotifyOptions): Promise<boolean> {
+  return sdNotify(status === undefined ? { READY: '1' } : { READY: '1', STATUS: status }, opts);
+}
