@@ -1,7 +1,7 @@
 // Real mounts, but only inside `unshare -m --propagation private` children, on temp dirs and a
 // fake /usr. The host mount table is compared before and after every scenario.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -162,5 +162,28 @@ describe.skipIf(!canUnshare())('applyUsrMount in a private mount namespace', () 
     expect(r.pivoted).toBe(true);
     expect(r.afterUndo).toEqual(r.before);
     expect(r.mountsAtEnd).toEqual([]);
+  });
+});
+
+describe.skipIf(!canUnshare())('against the real /usr, inside a private mount namespace only', () => {
+  it('overlay mode shows a delta over /usr there, keeps modules, undoes, and the host /usr never changes', () => {
+    write(join(root, 'delta/usr/bin/nip-namespace-marker'), 'delta');
+    const r = runInNamespace({
+      input: { stagedRoot: join(root, 'delta'), target: '/usr', mode: 'overlay' },
+      // No write probes: a write must never be attempted where the host /usr could receive it.
+      probes: { read: ['bin/nip-namespace-marker'], write: [] },
+      undo: true,
+    });
+    expect(r.error).toBeUndefined();
+    expect(r.before).toEqual({ 'bin/nip-namespace-marker': null });
+    expect(r.after).toEqual({ 'bin/nip-namespace-marker': 'delta' });
+    expect(r.pivoted).toBe(true);
+    expect(r.topOptions?.split(',')).toContain('ro');
+    // umount itself runs from the overlaid /usr, so the unmount may have to be a lazy detach.
+    expect(['clean', 'lazy']).toContain(r.undo);
+    expect(r.afterUndo).toEqual(r.before);
+    expect(r.pivotedAfterUndo).toBe(false);
+    // Out here nothing happened (afterEach also compares the whole mount table).
+    expect(existsSync('/usr/bin/nip-namespace-marker')).toBe(false);
   });
 });
