@@ -3,8 +3,8 @@
 // through systemd-notify(1). For STATUS= alone it sends with its *parent's* PID in the
 // credentials, i.e. ours: systemd attributes the line to the agent even after systemd-notify has
 // exited, avoiding the race that loses notifications from short-lived helpers (test/systemd/
-// notify.test.ts checks this). READY=1 goes out with systemd-notify's own PID, so the units set
-// NotifyAccess=all.
+// notify.test.ts checks this), and it then waits on a BARRIER=1 until PID 1 has read the line.
+// READY=1 goes out with systemd-notify's own PID, so the units set NotifyAccess=all.
 //
 // Notifying is best effort: a lost STATUS line must never fail a pivot, so nothing here throws.
 import { execa } from 'execa';

@@ -29,7 +29,10 @@ let received: string;
 
 async function messages(count: number): Promise<Array<[number, string]>> {
   for (let i = 0; i < 100; i++) {
-    const lines = existsSync(received) ? readFileSync(received, 'utf8').trim().split('\n').filter(Boolean) : [];
+    // systemd-notify follows each message with a BARRIER=1 (sd_notify_barrier): not ours, skip it.
+    const lines = existsSync(received)
+      ? readFileSync(received, 'utf8').trim().split('\n').filter((l) => l && !l.endsWith(", 'BARRIER=1')"))
+      : [];
     if (lines.length >= count) {
       return lines.map((l) => {
         const m = /^\((-?\d+), '(.*)'\)$/s.exec(l)!;
