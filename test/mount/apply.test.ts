@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseMountinfo } from '../../src/mount.ts';
 
 const child = join(import.meta.dirname, 'fixtures', 'ns-child.ts');
 
@@ -14,7 +15,15 @@ function canUnshare(): boolean {
 }
 
 let root: string;
-let hostMountinfo: string;
+let hostMountinfo: string[];
+
+/** Our part of the host mount table: the temp dir and /usr. Other helpers' mounts come and go. */
+function hostMounts(): string[] {
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'))
+    .filter((e) => e.mountPoint.startsWith(tmpdir()) || e.mountPoint === '/usr' || e.mountPoint.startsWith('/usr/'))
+    .filter((e) => !e.mountPoint.startsWith(tmpdir()) || e.mountPoint.includes('nip-mount-'))
+    .map((e) => `${e.id} ${e.mountPoint} ${e.options}`);
+}
 
 function write(path: string, text: string): void {
   mkdirSync(join(path, '..'), { recursive: true });
@@ -22,7 +31,7 @@ function write(path: string, text: string): void {
 }
 
 beforeEach(() => {
-  hostMountinfo = readFileSync('/proc/self/mountinfo', 'utf8');
+  hostMountinfo = hostMounts();
   root = mkdtempSync(join(tmpdir(), 'nip-mount-'));
   // The fake booted /usr.
   write(join(root, 'usr/bin/old-only'), 'old');
@@ -38,7 +47,7 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(root, { recursive: true, force: true });
   // Nothing made in a child namespace may leak into ours.
-  expect(readFileSync('/proc/self/mountinfo', 'utf8')).toBe(hostMountinfo);
+  expect(hostMounts()).toEqual(hostMountinfo);
 });
 
 interface Report {
