@@ -4,7 +4,7 @@
 // skip blobs it already verified; a *.partial file there is resumed, not restarted.
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, stat, unlink, mkdir } from 'node:fs/promises';
+import { copyFile, link, mkdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -217,6 +217,15 @@ export async function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, di
   if (!dir) throw new PivotError('internal', 'fetchBlobToDir needs a cache directory', { fix: 'pass cacheDir in RegistryOptions' });
   await mkdir(dir, { recursive: true });
   const final = cachePath(dir, desc.digest);
+  if (ctx.cacheDir && dir !== ctx.cacheDir) {
+    // Fill the shared cache first so a rerun finds it there; the copy is a hardlink when it can be.
+    const cached = await fetchBlobToDir(ctx, desc, ctx.cacheDir);
+    if ((await sizeOf(final)) !== desc.size) {
+      await unlink(final).catch(() => undefined);
+      await link(cached, final).catch(() => copyFile(cached, final));
+    }
+    return final;
+  }
   if ((await sizeOf(final)) === desc.size) {
     ctx.stats.bytesFromCache += desc.size;
     return final;

@@ -26,7 +26,9 @@ export async function writeOciLayout(image: OpenedImage, dir: string): Promise<L
   await mkdir(blobDir, { recursive: true });
   // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.
   const blobs = [image.configDescriptor, ...image.layers];
-  await mapLimit(blobs, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
+  // The config was already fetched and verified by openImage.
+  await writeFile(join(blobDir, image.configDescriptor.digest.slice('sha256:'.length)), image.configBytes);
+  await mapLimit(image.layers, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
   await writeFile(join(blobDir, image.manifestDigest.slice('sha256:'.length)), image.manifestBytes);
   const tag = image.reference.tag ?? (image.reference.digest ? undefined : 'latest');
   const index = {
