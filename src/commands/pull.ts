@@ -1,6 +1,8 @@
 import type { Command, ParsedArgs } from './types.ts';
 import { PivotError } from '../errors.ts';
-import { notImplemented, registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { configSchema } from '../config.ts';
+import { formatPullSummary, pullToDest } from '../unpack/index.ts';
 import { openImage, writeOciLayout, type RegistryOptions } from '../registry/index.ts';
 
 /** The registry flags shared by pull and resolve, as RegistryOptions. */
@@ -41,7 +43,14 @@ export const pullCommand: Command = {
     if ((dest === undefined) === (layout === undefined)) {
       throw new PivotError('usage', 'pull: give exactly one of --dest DIR or --oci-layout DIR', { fix: "run 'node-image-pivot pull --help'" });
     }
-    if (dest !== undefined) notImplemented('pull --dest (unpacking)');
+    if (dest !== undefined) {
+      const defaults = configSchema.parse({ image: args.positionals[0] });
+      const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
+        limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: defaults.keepSysroot,
+      });
+      process.stdout.write(args.values.json ? `${JSON.stringify(summary)}\n` : formatPullSummary(summary));
+      return 0;
+    }
     const started = Date.now();
     const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
     try {

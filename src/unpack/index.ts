@@ -11,3 +11,7 @@ export { unpackLayers, dropOstreeRepo, type LayerSource, type UnpackOptions, typ
 export { DirectTarget, type LayerTarget, type Outcome } from './entry.ts';
 export { compressionOf, corruptLayerError, decompressionStages, type Compression } from './decompress.ts';
 export type { TarEntry, EntryType } from './tar.ts';
+//   pullToDest(ref, dest, RegistryOptions, UnpackOptions) -> PullToDestSummary
+//     `pull IMAGE --dest DIR`: unpacks into DIR.partial, renames to DIR when complete; refuses
+//     an existing DIR; removes DIR.partial on failure.
+export { pullToDest, formatPullSummary, type PullToDestSummary } from './pull-dest.ts';
