@@ -271,3 +271,53 @@ export function randomTrees(seed: number): { base: Spec; current: Spec; next: Sp
 export function cleanup(...dirs: string[]): void {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 }
+
+/** A small /etc that makes every kind of action, for the rollback and crash tests. */
+export function realistic(): { base: Spec; current: Spec; next: Spec } {
+  const base: Spec = {
+    'hostname': f('localhost\n'),
+    'kubernetes/kubelet.conf': f('old kubelet\n'),
+    'kubernetes/manifests': d(),
+    'NetworkManager/system-connections': d(0o700),
+    'crio/crio.conf': f('old crio\n'),
+    'obsolete/a': f('a'),
+    'obsolete/b/c': f('c'),
+    'dir-to-file/x': f('x'),
+    'file-to-dir': f('f'),
+    'link-to-file': l('hostname'),
+    'file-to-link': f('target'),
+    'modes': f('m', 0o644),
+    'owned': f('o'),
+    'suid': f('s', 0o4755),
+    'remodded': d(0o755),
+  };
+  const current: Spec = {
+    ...base,
+    'pull-secret.json': f('{"auths":{"r":{"auth":"c2VjcmV0"}}}', 0o600, 0, 0, { 'user.kept': 'yes' }),
+    'kubernetes/kubelet.conf': f('local kubelet\n', 0o600),
+    'NetworkManager/system-connections/eth0.nmconnection': f('[connection]\n', 0o600),
+    'with space/and\nnewline': f('odd'),
+    'remodded': d(0o700),
+    'hostname': f('localhost\n', 0o644, 0, 0, { 'user.note': 'xattr only' }),
+  };
+  const next: Spec = {
+    'hostname': f('localhost\n'),
+    'kubernetes/kubelet.conf': f('new kubelet\n'),
+    'kubernetes/manifests': d(),
+    'NetworkManager/system-connections': d(0o700),
+    'crio/crio.conf': f('new crio\n', 0o640, 0, 0, { 'user.from': 'image' }),
+    'crio/crio.conf.d/10-new.conf': f('drop-in\n'),
+    'dir-to-file': f('now a file'),
+    'file-to-dir/inner': f('inner'),
+    'link-to-file': f('real file'),
+    'file-to-link': l('hostname'),
+    'modes': f('m', 0o600),
+    'owned': f('o', 0o644, 1000, 1000),
+    'suid': f('s', 0o4755, 0, 1000),
+    'remodded': d(0o755),
+    'remodded/new-upstream.conf': f('new'),
+    'brand/new/deep/file': f('deep', 0o640),
+    'brand/link': l('../hostname'),
+  };
+  return { base, current, next };
+}
