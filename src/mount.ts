@@ -6,12 +6,13 @@
 // work directory onto itself, made private: the kernel refuses to move a mount whose parent is
 // shared (EINVAL), and on a systemd host every mount starts out shared, so the prepared tree
 // must not sit under one. A failure before the move leaves the target exactly as it was.
-import { lstatSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, normalize, posix } from 'node:path';
 import { execa } from 'execa';
 import { PivotError, isErrno } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
+import { readMountinfo, topMountAt } from './mountinfo.ts';
 
 /** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
 export type UsrMountMode = 'bind' | 'overlay';
@@ -362,49 +363,6 @@ export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy
   }
 }
 
-export interface MountinfoEntry {
-  id: number;
-  parent: number;
-  device: string;
-  root: string;
-  mountPoint: string;
-  options: string;
-  fsType: string;
-  source: string;
-  superOptions: string;
-}
-
-function unescapeMountinfo(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** PURE: proc_pid_mountinfo(5). */
-export function parseMountinfo(text: string): MountinfoEntry[] {
-  const out: MountinfoEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    const f = line.split(' ');
-    const dash = f.indexOf('-', 6);
-    if (dash < 0 || f.length < dash + 4) continue;
-    out.push({
-      id: Number(f[0]), parent: Number(f[1]), device: f[2]!, root: unescapeMountinfo(f[3]!),
-      mountPoint: unescapeMountinfo(f[4]!), options: f[5]!, fsType: f[dash + 1]!,
-      source: unescapeMountinfo(f[dash + 2]!), superOptions: f[dash + 3]!,
-    });
-  }
-  return out;
-}
-
-export function readMountinfo(): MountinfoEntry[] {
-  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
-}
-
-/** PURE: the mount a lookup of `path` lands on, i.e. the last one stacked there. */
-export function topMountAt(entries: MountinfoEntry[], path: string): MountinfoEntry | undefined {
-  const here = entries.filter((e) => e.mountPoint === path);
-  return here.find((e) => !here.some((o) => o.parent === e.id)) ?? here.at(-1);
-}
-
 /** For reruns: does the target already show this staged tree? */
 export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountMode = 'bind'): boolean {
   const stagedUsr = join(stagedRoot, 'usr');
@@ -420,4 +378,19 @@ export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountM
     if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
     throw err;
   }
+}
+
+/**
+ * The pivot's mount phase in one call: plan from the disk, switch, and hand back the undo.
+ * `facts` go to the state file.
+ */
+export async function mountStagedUsr(input: UsrMountInput): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }> {
+  const plan = planUsrMount(input, probePathFacts(input));
+  const result = await applyUsrMount(plan);
+  return {
+    undo: async () => {
+      await undoUsrMount(result);
+    },
+    facts: { target: plan.target, mode: plan.mode, preserved: plan.preserved.map((p) => p.path), warnings: plan.warnings },
+  };
 }

@@ -217,3 +217,16 @@ export async function policyChanged(bootedPolicyDir: string, stagedPolicyDir: st
 export function reloadPolicyArgv(opts: { hasModuleStore: boolean }): [string, ...string[]] {
   return opts.hasModuleStore ? ['semodule', '-R'] : ['load_policy'];
 }
+
+/**
+ * The pivot's selinux phase in one call. The host is asked first, so a node with SELinux off never
+ * needs a policy in the image; "selinux": "off" in the config skips even on an enforcing host.
+ */
+export async function labelStagedTree(opts: { stagedRoot: string; setting: 'auto' | 'off'; selinuxfs?: string }): Promise<{ skipped?: string; facts?: Record<string, unknown> }> {
+  if (opts.setting === 'off') return { skipped: 'selinux off in the config' };
+  if (!(await selinuxEnabled(opts.selinuxfs))) return { skipped: 'selinux disabled' };
+  const plan = planLabel({ stagedRoot: opts.stagedRoot });
+  const r = await labelTree(plan, { enabled: true });
+  if ('skipped' in r) return { skipped: r.skipped };
+  return { facts: { policy: plan.policyType, seconds: r.seconds } };
+}

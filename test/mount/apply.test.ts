@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { parseMountinfo } from '../../src/mount.ts';
+import { parseMountinfo } from '../../src/mountinfo.ts';
 
 const child = join(import.meta.dirname, 'fixtures', 'ns-child.ts');
 
@@ -64,6 +64,7 @@ interface Report {
   error?: { kind: string; exitCode: number; path?: string; fix: string; message: string; line: string };
   mountsAfterSwitch?: string[];
   mountsAtEnd: string[];
+  facts?: Record<string, unknown>;
 }
 
 function runInNamespace(scenario: Record<string, unknown>, env: Record<string, string> = {}): Report {
@@ -99,6 +100,21 @@ describe.skipIf(!canUnshare())('applyUsrMount in a private mount namespace', () 
     // One mount at the target plus the preserved one inside it; the work area is gone.
     expect(r.mountsAfterSwitch).toEqual(['/usr', '/usr/lib/modules']);
     expect(r.undo).toBe('clean');
+    expect(r.afterUndo).toEqual(r.before);
+    expect(r.pivotedAfterUndo).toBe(false);
+    expect(r.mountsAtEnd).toEqual([]);
+  });
+
+  it('mountStagedUsr (the pivot phase) switches, reports facts, and its undo restores', () => {
+    const r = runInNamespace({
+      input: { stagedRoot: join(root, 'staged'), target: join(root, 'usr'), preserve: ['/usr/lib/modules'] },
+      sharedParent: root, probes, undo: true, viaPhase: true,
+    });
+    expect(r.error).toBeUndefined();
+    expect(r.after?.['lib/modules/6.1.0/kernel.ko']).toBe('booted-modules');
+    expect(r.after?.['bin/new-only']).toBe('new');
+    expect(r.facts).toEqual({ target: join(root, 'usr'), mode: 'bind', preserved: ['/usr/lib/modules'], warnings: [] });
+    expect(r.pivoted).toBe(true);
     expect(r.afterUndo).toEqual(r.before);
     expect(r.pivotedAfterUndo).toBe(false);
     expect(r.mountsAtEnd).toEqual([]);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { mountArgv, parseMountinfo, planUsrMount, topMountAt, usrRelative, type PathFacts } from '../../src/mount.ts';
+import { mountArgv, planUsrMount, usrRelative, type PathFacts } from '../../src/mount.ts';
+import { parseMountinfo, topMountAt } from '../../src/mountinfo.ts';
 import { PivotError } from '../../src/errors.ts';
 
 const S = '/run/nip/staging/root';

@@ -159,3 +159,17 @@ describe('policy refresh', () => {
     expect(reloadPolicyArgv({ hasModuleStore: false })).toEqual(['load_policy']);
   });
 });
+
+describe('labelStagedTree (the pivot phase)', () => {
+  it('skips on config off or a host without SELinux, without needing a policy in the image', async () => {
+    const { labelStagedTree } = await import('../../src/selinux.ts');
+    expect(await labelStagedTree({ stagedRoot: root, setting: 'off' })).toEqual({ skipped: 'selinux off in the config' });
+    expect(await labelStagedTree({ stagedRoot: root, setting: 'auto', selinuxfs: join(root, 'none') })).toEqual({ skipped: 'selinux disabled' });
+  });
+  it('on an SELinux host, an image without a policy stops the phase with the path', async () => {
+    const { labelStagedTree } = await import('../../src/selinux.ts');
+    put('selinuxfs/enforce', '1');
+    await expect(labelStagedTree({ stagedRoot: root, setting: 'auto', selinuxfs: join(root, 'selinuxfs') }))
+      .rejects.toMatchObject({ path: join(root, 'etc/selinux') });
+  });
+});

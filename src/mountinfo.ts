@@ -1,0 +1,46 @@
+// /proc/self/mountinfo, as proc_pid_mountinfo(5) describes it: what is mounted where, from which
+// filesystem root, with which per-mount options. The mount step reads it to verify its switch.
+import { readFileSync } from 'node:fs';
+
+export interface MountinfoEntry {
+  id: number;
+  parent: number;
+  device: string;
+  root: string;
+  mountPoint: string;
+  options: string;
+  fsType: string;
+  source: string;
+  superOptions: string;
+}
+
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** PURE: proc_pid_mountinfo(5). */
+export function parseMountinfo(text: string): MountinfoEntry[] {
+  const out: MountinfoEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const f = line.split(' ');
+    const dash = f.indexOf('-', 6);
+    if (dash < 0 || f.length < dash + 4) continue;
+    out.push({
+      id: Number(f[0]), parent: Number(f[1]), device: f[2]!, root: unescapeMountinfo(f[3]!),
+      mountPoint: unescapeMountinfo(f[4]!), options: f[5]!, fsType: f[dash + 1]!,
+      source: unescapeMountinfo(f[dash + 2]!), superOptions: f[dash + 3]!,
+    });
+  }
+  return out;
+}
+
+export function readMountinfo(): MountinfoEntry[] {
+  return parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8'));
+}
+
+/** PURE: the mount a lookup of `path` lands on, i.e. the last one stacked there. */
+export function topMountAt(entries: MountinfoEntry[], path: string): MountinfoEntry | undefined {
+  const here = entries.filter((e) => e.mountPoint === path);
+  return here.find((e) => !here.some((o) => o.parent === e.id)) ?? here.at(-1);
+}
