@@ -1,7 +1,7 @@
 import type { Command } from './types.ts';
 import { requireOpt } from './shared.ts';
 import {
-  applyEtcMerge, formatPlan, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan,
+  applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan,
 } from '../etc/index.ts';
 
 export const etcMergeCommand: Command = {
@@ -39,10 +39,16 @@ export const etcMergeCommand: Command = {
     const json = values.json === true;
     // A dry run must not change anything, not even an interrupted apply's leftovers; it plans
     // against /etc as it is and says so if a journal is pending.
+    const pending = dryRun ? pendingEtcJournals(current, journalDir) : [];
     const recovered = dryRun ? 'none' : await recoverEtcJournal(current, journalDir);
     const plan = await planEtcMerge({ base, current, new: next });
     if (dryRun) {
-      process.stdout.write(json ? `${JSON.stringify({ dryRun: true, plan: planToJSON(plan) }, null, 2)}\n` : `${formatPlan(plan)}\n`);
+      const note = pending.length
+        ? `note: an interrupted merge left a journal at ${pending.join(', ')}; a real run rolls it back first, so its plan may differ\n`
+        : '';
+      process.stdout.write(json
+        ? `${JSON.stringify({ dryRun: true, pendingJournals: pending, plan: planToJSON(plan) }, null, 2)}\n`
+        : `${note}${formatPlan(plan)}\n`);
       return 0;
     }
     const result = await applyEtcMerge(plan, journalDir ? { journalDir } : {});

@@ -66,6 +66,12 @@ export async function planEtcMerge(inputs: EtcMergeInputs): Promise<EtcPlan> {
   return plan;
 }
 
+/** The journal directories that exist for `current` (a dry run reports them, never touches them). */
+export function pendingEtcJournals(current: string, journalDir?: string): string[] {
+  const dirs = journalDir ? [journalDir] : [besideJournalDir(current), insideJournalDir(current)];
+  return dirs.filter((dir) => existsSync(dir));
+}
+
 export async function recoverEtcJournal(current: string, journalDir?: string): Promise<'none' | 'rolled-back'> {
   const dirs = journalDir ? [journalDir] : [besideJournalDir(current), insideJournalDir(current)];
   let result: 'none' | 'rolled-back' = 'none';

@@ -35,12 +35,14 @@ function simulate(p: EtcPlan, current: Spec, next: Spec): Spec {
         drop(a.path);
         break;
       case 'chmod': {
-        const n = out[a.path] as Node & { m: number };
+        const n = out[a.path];
+        if (n?.t !== 'f' && n?.t !== 'd') throw new Error(`chmod on ${n?.t ?? 'nothing'}`);
         out[a.path] = { ...n, m: a.mode };
         break;
       }
       case 'chown': {
-        const n = out[a.path] as Node & { u: number; g: number };
+        const n = out[a.path];
+        if (!n || n.t === 'p') throw new Error('chown on nothing or a FIFO');
         out[a.path] = { ...n, u: a.uid, g: a.gid };
       }
     }
