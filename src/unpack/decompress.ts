@@ -103,7 +103,8 @@ export function decompressionStages(mediaType: string, label: string): Transform
 /** Turns a zlib error from a pipeline into a PivotError naming the layer. */
 export function corruptLayerError(err: unknown, label: string): unknown {
   const e = err as NodeJS.ErrnoException;
-  if (err instanceof PivotError || typeof e?.code !== 'string' || !e.code.startsWith('Z_')) return err;
+  // zlib reports Z_* codes (gzip), Node's zstd binding ZSTD_error_* codes.
+  if (err instanceof PivotError || typeof e?.code !== 'string' || !/^(Z_|ZSTD_)/.test(e.code)) return err;
   return new PivotError('unpack', `layer ${label}: compressed data is corrupt or truncated (${e.message})`, {
     fix: 'pull again; if it repeats, the layer in the registry is damaged',
     facts: { layer: label, zlibCode: e.code },

@@ -45,6 +45,13 @@ describe('broken streams', () => {
     for (let i = 20; i < 40; i++) gz[i] = (gz[i] as number) ^ 0x55;
     await fails([bufferLayer(gz, GZIP)], 'unpack', /corrupt/);
   });
+  it('truncated and corrupt zstd streams', async () => {
+    const z = zlib.zstdCompressSync(good);
+    await fails([bufferLayer(z.subarray(0, z.length - 10), ZSTD)], 'unpack', /corrupt or truncated/);
+    const bad = Buffer.from(z);
+    for (let i = 10; i < 30; i++) bad[i] = (bad[i] as number) ^ 0x55;
+    await fails([bufferLayer(bad, ZSTD)], 'unpack', /corrupt or truncated \(Data corruption detected\)/);
+  });
   it('a corrupt tar header checksum', async () => {
     const tar = new TarBuilder().add({ name: 'a', data: 'x', checksum: 1 }).end();
     await fails([tarLayer(tar)], 'unpack', /tar stream is corrupt/);
