@@ -41,28 +41,64 @@ function systemdError(action: string, err: unknown, fix: string): PivotError {
   return new PivotError('systemd', `${action} failed: ${detail}`, { fix, cause: err });
 }
 
+/** Early JobRemoved signals kept while a start is in flight; systemd emits one per job, system-wide. */
+const MAX_EARLY_JOBS = 256;
+/** A method call that gets no reply in this time is treated as a dead bus. Reload can be slow. */
+const DEFAULT_CALL_TIMEOUT_MS = 180_000;
+
 export class SystemdManager {
   readonly bus: dbus.MessageBus;
-  private readonly jobWaiters = new Map<string, (r: JobRemoved) => void>();
-  /** JobRemoved signals that arrived before anyone waited for them (they can beat the reply). */
+  private readonly jobWaiters = new Map<string, { resolve: (r: JobRemoved) => void; reject: (e: Error) => void }>();
+  /**
+   * JobRemoved signals that arrived before anyone waited for them: the signal can beat the
+   * StartUnit reply that tells us the job path. Only kept while a job-starting call is in
+   * flight (after Subscribe, systemd signals every job on the system), and bounded.
+   */
   private readonly finishedJobs = new Map<string, JobRemoved>();
+  private startsInFlight = 0;
   private subscribed = false;
+  private closedError: PivotError | undefined;
+  private readonly closeListeners = new Set<(e: PivotError) => void>();
+  private readonly callTimeoutMs: number;
   private readonly onMessage = (msg: dbus.Message): void => {
     if (msg.type !== dbus.MessageType.SIGNAL || msg.interface !== MANAGER_IFACE || msg.member !== 'JobRemoved') return;
     const [id, job, unit, result] = msg.body as [number, string, string, string];
     const removed: JobRemoved = { id, job, unit, result };
     const waiter = this.jobWaiters.get(job);
-    if (waiter) waiter(removed);
-    else this.finishedJobs.set(job, removed);
+    if (waiter) {
+      waiter.resolve(removed);
+    } else if (this.startsInFlight > 0) {
+      this.finishedJobs.set(job, removed);
+      if (this.finishedJobs.size > MAX_EARLY_JOBS) this.finishedJobs.delete(this.finishedJobs.keys().next().value!);
+    }
   };
 
-  private constructor(bus: dbus.MessageBus) {
+  private constructor(bus: dbus.MessageBus, callTimeoutMs: number) {
     this.bus = bus;
+    this.callTimeoutMs = callTimeoutMs;
     this.bus.on('message', this.onMessage);
+    // dbus-next leaves pending calls unanswered when the socket closes; fail them instead, so a
+    // dying bus during an isolate is reported rather than waited out.
+    const conn = (bus as unknown as { _connection?: { on?(ev: string, fn: () => void): void } })._connection;
+    conn?.on?.('end', () => this.markClosed(new PivotError('systemd', 'the D-Bus connection to systemd closed', {
+      fix: "check 'systemctl status dbus.service' and the journal of PID 1 (journalctl -b -u init.scope)",
+    })));
+  }
+
+  private markClosed(err: PivotError): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    for (const w of [...this.jobWaiters.values()]) w.reject(err);
+    this.jobWaiters.clear();
+    this.finishedJobs.clear();
+    for (const l of this.closeListeners) l(err);
   }
 
   /** Connects to the system bus (or `address`, for tests with a private dbus-daemon). */
-  static async connect(address = process.env.DBUS_SYSTEM_BUS_ADDRESS ?? DEFAULT_SYSTEM_BUS): Promise<SystemdManager> {
+  static async connect(
+    address = process.env.DBUS_SYSTEM_BUS_ADDRESS ?? DEFAULT_SYSTEM_BUS,
+    opts: { callTimeoutMs?: number } = {},
+  ): Promise<SystemdManager> {
     const bus = dbus.sessionBus({ busAddress: address });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -76,14 +112,30 @@ export class SystemdManager {
     bus.on('error', () => {
       // Errors after connect surface as rejected calls; a listener keeps them from crashing us.
     });
-    return new SystemdManager(bus);
+    return new SystemdManager(bus, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
   }
 
   async call(member: string, signature = '', body: unknown[] = [], iface = MANAGER_IFACE, path = MANAGER_PATH, destination = SYSTEMD): Promise<unknown[]> {
-    const reply = await this.bus.call(
-      new dbus.Message({ destination, path, interface: iface, member, signature, body }),
-    );
-    return reply?.body ?? [];
+    if (this.closedError) throw this.closedError;
+    let timer: NodeJS.Timeout | undefined;
+    let onClose: ((e: PivotError) => void) | undefined;
+    const abandoned = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new PivotError('systemd', `no reply to ${member} within ${Math.round(this.callTimeoutMs / 1000)} s`, {
+        fix: "check that PID 1 is responsive (systemctl list-jobs) and 'systemctl status dbus.service'",
+      })), this.callTimeoutMs);
+      onClose = reject;
+      this.closeListeners.add(reject);
+    });
+    try {
+      const reply = await Promise.race([
+        this.bus.call(new dbus.Message({ destination, path, interface: iface, member, signature, body })),
+        abandoned,
+      ]);
+      return reply?.body ?? [];
+    } finally {
+      clearTimeout(timer);
+      if (onClose) this.closeListeners.delete(onClose);
+    }
   }
 
   private busCall(member: 'AddMatch' | 'RemoveMatch', rule: string): Promise<unknown[]> {
@@ -134,6 +186,7 @@ export class SystemdManager {
 
   /** Starts a job and returns its object path. Register waiters before the reply can race. */
   async startUnit(unit: string, mode: 'replace' | 'isolate' | 'fail'): Promise<string> {
+    this.startsInFlight++;
     try {
       const [job] = await this.call('StartUnit', 'ss', [unit, mode]);
       return String(job);
@@ -141,20 +194,29 @@ export class SystemdManager {
       throw systemdError(`StartUnit(${unit}, ${mode})`, err, mode === 'isolate'
         ? `make sure ${unit} exists and has AllowIsolate=yes`
         : `check 'systemctl status ${unit}'`);
+    } finally {
+      this.startsInFlight--;
     }
   }
 
   async tryRestartUnit(unit: string): Promise<string> {
+    this.startsInFlight++;
     try {
       const [job] = await this.call('TryRestartUnit', 'ss', [unit, 'replace']);
       return String(job);
     } catch (err) {
       throw systemdError(`TryRestartUnit(${unit})`, err, `check 'systemctl status ${unit}'`);
+    } finally {
+      this.startsInFlight--;
     }
   }
 
-  /** Resolves with the JobRemoved of `job`, whether it arrived before or after this call. */
+  /**
+   * Resolves with the JobRemoved of `job`, whether it arrived before or after this call. Call it
+   * right after the start call returned (early signals are kept only while a start is in flight).
+   */
   waitForJob(job: string, timeoutMs: number): Promise<JobRemoved> {
+    if (this.closedError) return Promise.reject(this.closedError);
     const early = this.finishedJobs.get(job);
     if (early) {
       this.finishedJobs.delete(job);
@@ -167,10 +229,16 @@ export class SystemdManager {
           fix: "run 'systemctl list-jobs' to see what it waits for; raise timeouts.isolateSeconds if the node is slow",
         }));
       }, timeoutMs);
-      this.jobWaiters.set(job, (r) => {
-        clearTimeout(timer);
-        this.jobWaiters.delete(job);
-        resolve(r);
+      this.jobWaiters.set(job, {
+        resolve: (r) => {
+          clearTimeout(timer);
+          this.jobWaiters.delete(job);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
       });
     });
   }
@@ -181,12 +249,21 @@ export class SystemdManager {
     return (units as unknown[][]).map((u) => ({ unit: String(u[0]), activeState: String(u[3]), subState: String(u[4]) }));
   }
 
+  /** Undoes subscribe(): systemd stops sending job signals and the bus forgets our match rule. */
+  async unsubscribe(): Promise<void> {
+    if (!this.subscribed) return;
+    this.subscribed = false;
+    await this.call('Unsubscribe').catch(() => undefined);
+    await this.busCall('RemoveMatch', JOB_REMOVED_MATCH).catch(() => undefined);
+  }
+
+  /** Unsubscribes, fails anything still waiting, and disconnects. Idempotent. */
   async close(): Promise<void> {
+    if (!this.closedError) await this.unsubscribe();
     this.bus.off('message', this.onMessage);
-    if (this.subscribed) {
-      await this.call('Unsubscribe').catch(() => undefined);
-      await this.busCall('RemoveMatch', JOB_REMOVED_MATCH).catch(() => undefined);
-    }
+    this.markClosed(new PivotError('systemd', 'the systemd manager connection was closed while a job was pending', {
+      fix: 'report this as a bug: the agent closed its bus connection too early',
+    }));
     this.bus.disconnect();
   }
 }
