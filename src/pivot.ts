@@ -45,7 +45,7 @@ export interface PivotCapabilities {
   resolve(cfg: Config): Promise<ResolvedImage>;
   pull(cfg: Config, image: ResolvedImage, progress: Progress): Promise<StagedTree>;
   label(cfg: Config, staged: StagedTree): Promise<{ skipped?: string; facts?: Record<string, unknown> }>;
-  planEtc(staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
+  planEtc(cfg: Config, staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
   /** Returns an undo handle. The visible switch must be one mount. */
   mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
   usrIsPivotedTo(staged: StagedTree): Promise<boolean>;
@@ -125,15 +125,48 @@ function availableBytes(dir: string): number {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Signals. Before the switch nothing on the system has changed, and after /etc is applied the
+// pivot is complete, so a stop there exits at once. During mount and etc-apply the stop waits for
+// the step to finish, then the normal failure path makes the system all old again.
+
+const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['mount', 'etc-apply']);
+const run = { phase: undefined as PhaseName | undefined, stopRequested: undefined as string | undefined, recorder: undefined as StateRecorder | undefined };
+
+function interruptedError(signal: string): PivotError {
+  return new PivotError('interrupted', `stopped by ${signal} during phase ${run.phase ?? 'startup'}`, {
+    fix: 'nothing to do: the system is all old or all new, and the next run picks up from here',
+  });
+}
+
+/**
+ * Called from the signal handler. Returns 'now' when the caller may exit immediately (the state
+ * file already says why), 'deferred' when the current step must finish first.
+ */
+export function requestStop(signal: string): 'now' | 'deferred' {
+  run.stopRequested = signal;
+  if (run.phase && CRITICAL_PHASES.has(run.phase)) {
+    log().warn({ phase: run.phase }, `${signal} received during ${run.phase}: finishing this step first`);
+    return 'deferred';
+  }
+  const e = interruptedError(signal);
+  log().error({ err: e.toJSON() }, e.oneLine());
+  run.recorder?.finish('failed', { error: { kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, line: e.oneLine() } });
+  return 'now';
+}
+
+// ---------------------------------------------------------------------------------------------
 
 export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const { cfg, caps, progress } = req;
   const prior = readState(cfg.stateDir);
   const bootId = readBootId();
   const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service');
+  run.recorder = rec;
   let undoMount: (() => Promise<void>) | undefined;
 
   const phase = async <T>(name: PhaseName, fn: () => Promise<T>, facts?: (t: T) => Record<string, unknown>): Promise<T> => {
+    if (run.stopRequested) throw interruptedError(run.stopRequested);
+    run.phase = name;
     progress.phase(name);
     log().info({ phase: name }, `phase ${name} started`);
     const record = rec?.startPhase(name);
@@ -194,7 +227,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     if (labelled.skipped) log().info(`SELinux labelling skipped: ${labelled.skipped}`);
 
     // 5. Plan /etc. A conflict stops here, before anything changes.
-    const etc = await phase('etc-plan', () => caps.planEtc(staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));
+    const etc = await phase('etc-plan', () => caps.planEtc(cfg, staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));
     for (const w of etc.summary.warnings) log().warn({ phase: 'etc-plan' }, w);
     if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.summary, stagedRoot: staged.root } };
 

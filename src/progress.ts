@@ -1,7 +1,7 @@
 // Progress for the two audiences that watch a pivot: `systemctl status node-image-pivot` (sd_notify
 // STATUS=) and a person at a terminal (a one-line bar on stderr). Throttled so that a fast unpack
 // does not turn into thousands of notify calls.
-import { execa } from 'execa';
+import { sdNotify, type NotifyFields } from './systemd/notify.ts';
 
 export interface ProgressSnapshot {
   phase: string;
@@ -31,15 +31,7 @@ export function progressBar(done: number, total: number, width = 24): string {
   return `[${'#'.repeat(full)}${'.'.repeat(width - full)}]`;
 }
 
-export type NotifyFn = (fields: Record<string, string>) => Promise<void>;
-
-/** sd_notify through systemd-notify(1); a no-op outside a unit (no NOTIFY_SOCKET). */
-export const systemdNotify: NotifyFn = async (fields) => {
-  if (!process.env.NOTIFY_SOCKET) return;
-  const args = Object.entries(fields).map(([k, v]) => `${k}=${v}`);
-  // --pid=parent would attribute the message to npm in dev; the unit sets NotifyAccess=all.
-  await execa('systemd-notify', args, { reject: false, timeout: 5000 });
-};
+export type NotifyFn = (fields: NotifyFields) => Promise<unknown>;
 
 export class Progress {
   private lastSent = 0;
@@ -50,7 +42,7 @@ export class Progress {
   private readonly intervalMs: number;
 
   constructor(opts: { notify?: NotifyFn; tty?: boolean; intervalMs?: number } = {}) {
-    this.notify = opts.notify ?? systemdNotify;
+    this.notify = opts.notify ?? ((f) => sdNotify(f));
     this.tty = opts.tty ?? process.stderr.isTTY === true;
     this.intervalMs = opts.intervalMs ?? 1000;
   }
@@ -63,7 +55,7 @@ export class Progress {
     if (!force && now - this.lastSent < this.intervalMs) return;
     this.lastSent = now;
     this.lastText = text;
-    this.pending = this.pending.then(() => this.notify({ STATUS: text })).catch(() => undefined);
+    this.pending = this.pending.then(async () => { await this.notify({ STATUS: text }); }).catch(() => undefined);
     if (this.tty) {
       const bar = p.total ? `${progressBar(p.done ?? 0, p.total)} ` : '';
       process.stderr.write(`\r\x1b[2K${bar}${text}`);
@@ -76,7 +68,7 @@ export class Progress {
 
   async ready(status: string): Promise<void> {
     this.lastText = status;
-    this.pending = this.pending.then(() => this.notify({ READY: '1', STATUS: status })).catch(() => undefined);
+    this.pending = this.pending.then(async () => { await this.notify({ READY: '1', STATUS: status }); }).catch(() => undefined);
     await this.flush();
   }
 
