@@ -116,7 +116,7 @@ export class DirectTarget implements LayerTarget {
               fix: 'pull again; if it repeats, the layer is damaged',
             });
           }
-          await fh.chown(entry.uid, entry.gid);
+          if (this.opts.isRoot) await fh.chown(entry.uid, entry.gid);
           await fh.chmod(entry.mode);
           this.setXattrs(path, entry, false);
           await fh.utimes(entry.mtime, entry.mtime);
@@ -191,7 +191,8 @@ export class DirectTarget implements LayerTarget {
 
   /** lchown, chmod (not on symlinks), xattrs, times (directories: deferred to finish()). */
   private metadata(path: string, entry: TarEntry, isDir: boolean): void {
-    lchownSync(path, entry.uid, entry.gid);
+    // Unprivileged runs (development, CI) keep their own uid; the agent itself always runs as root.
+    if (this.opts.isRoot) lchownSync(path, entry.uid, entry.gid);
     if (entry.type !== 'symlink') chmodSync(path, entry.mode);
     this.setXattrs(path, entry, isDir);
     if (!isDir) lutimesSync(path, entry.mtime, entry.mtime);
