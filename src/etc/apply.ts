@@ -45,7 +45,7 @@ function exists(path: string): boolean {
 }
 
 /** Picks and creates the journal directory. The default sits beside current; see journal.ts. */
-function openJournal(current: string, explicit: string | undefined, durable: boolean): Journal {
+function openJournal(current: string, explicit: string | undefined, durable: boolean, someFile: string | undefined): Journal {
   const candidates = explicit ? [explicit] : [besideJournalDir(current), insideJournalDir(current)];
   for (const dir of candidates) {
     if (exists(dir)) {
@@ -67,7 +67,7 @@ function openJournal(current: string, explicit: string | undefined, durable: boo
       }
       throw asPivotError(err, 'make the journal directory writable or pass another one on the same filesystem');
     }
-    if (sameMount(dir, current)) return journal;
+    if (sameMount(dir, current, someFile)) return journal;
     journal.rollback();
     lastErr = new Error(`${dir} is not on the same mount as ${current}`);
     if (explicit) break;
@@ -161,7 +161,14 @@ export async function applyEtcMerge(plan: EtcPlan, opts: EtcApplyOptions = {}): 
     return { applied: 0, counts, journalDir: null, seconds: (performance.now() - started) / 1000 };
   }
   const current = resolve(plan.roots.current);
-  const journal = openJournal(current, opts.journalDir, opts.durable ?? true);
+  let someFile: string | undefined;
+  for (const [rel, e] of plan.current) {
+    if (e.type === 'file') {
+      someFile = rel;
+      break;
+    }
+  }
+  const journal = openJournal(current, opts.journalDir, opts.durable ?? true, someFile);
   const token = randomBytes(6).toString('hex');
   const verified = new Set<string>();
   let i = 0;

@@ -21,6 +21,9 @@ export interface JournalHeader {
   v: 1;
   current: string;
   pid: number;
+  /** With bootId, tells a running writer from a dead one whose pid was reused. */
+  startTicks?: string | undefined;
+  bootId?: string;
   startedAt: string;
 }
 
@@ -61,7 +64,7 @@ export class Journal {
     mkdirSync(join(dir, 'b'), { mode: 0o700 });
     const fd = openSync(join(dir, LOG), 'wx', 0o600);
     const j = new Journal(dir, current, fd, durable);
-    const header: JournalHeader = { v: 1, current: resolve(current), pid: process.pid, startedAt: new Date().toISOString() };
+    const header: JournalHeader = { v: 1, current: resolve(current), ...processIdentity(), startedAt: new Date().toISOString() };
     j.append(header);
     fdatasyncSync(fd);
     return j;
@@ -186,6 +189,12 @@ export function rollbackDir(dir: string, current: string): 'none' | 'rolled-back
       fix: `run etc-merge with --current ${header.current} to roll it back first`,
     });
   }
+  if (header && writerAlive(header)) {
+    throw new PivotError('etc-merge', `another /etc merge (pid ${header.pid}) is applying right now`, {
+      path: dir,
+      fix: `wait for pid ${header.pid} to finish; never run two merges on the same /etc`,
+    });
+  }
   for (const rec of [...records].reverse()) {
     undo(rec, current, join(dir, 'b', String(rec.i)));
   }
@@ -195,19 +204,52 @@ export function rollbackDir(dir: string, current: string): 'none' | 'rolled-back
   return 'rolled-back';
 }
 
-/** Linux hard links and renames need the same mount; probe it once instead of failing mid-apply. */
-export function sameMount(dir: string, current: string): boolean {
+/**
+ * Linux hard links and renames need the same mount; probe it once instead of failing mid-apply.
+ * The probe links an existing file of current INTO the journal, so that a crash here leaves
+ * nothing behind in /etc. Without a regular file to link, the first action is the probe (an
+ * EXDEV there rolls back like any other error).
+ */
+export function sameMount(dir: string, current: string, someFile: string | undefined): boolean {
+  if (someFile === undefined) return true;
   const probe = join(dir, 'probe');
-  const peer = join(current, `.nip-probe.${process.pid}.${Date.now()}`);
-  writeFileSync(probe, '');
   try {
-    linkSync(probe, peer);
-    unlinkSync(peer);
+    linkSync(join(current, someFile), probe);
+    unlinkSync(probe);
     return true;
   } catch (err) {
     if (isErrno(err, 'EXDEV', 'EPERM', 'EROFS')) return false;
+    if (isErrno(err, 'ENOENT')) return true;
     throw err;
-  } finally {
-    unlinkSync(probe);
   }
+}
+
+export function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
+export function startTicks(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function processIdentity(): { bootId: string; pid: number; startTicks: string | undefined } {
+  return { bootId: bootId(), pid: process.pid, startTicks: startTicks(process.pid) };
+}
+
+/** True when the process that wrote the journal is still running (same boot, same process). */
+export function writerAlive(header: JournalHeader): boolean {
+  if (header.pid === process.pid || header.bootId === undefined || header.bootId !== bootId()) return false;
+  const ticks = startTicks(header.pid);
+  return ticks !== undefined && ticks === header.startTicks;
 }
