@@ -222,6 +222,11 @@ describe('special files and xattrs', () => {
     expect(existsSync(join(root, 'etc/npipe'))).toBe(false);
   });
 
+  it('an owner change from upstream keeps setuid/setgid bits (chown clears them)', async () => {
+    const { etc } = await merge({ s: f('bin', 0o6755) }, { s: f('bin', 0o6755) }, { s: f('bin', 0o6755, 0, 1000) });
+    expect(stat(etc, 's')).toEqual({ type: 'file', mode: 0o6755, uid: 0, gid: 1000 });
+  });
+
   it('an xattr-only difference is not a local change', async () => {
     const { etc } = await merge({ a: f('v1') }, { a: f('v1', 0o644, 0, 0, { 'user.local': 'x' }) }, { a: f('v2') });
     expect(read(etc, 'a')).toBe('v2');

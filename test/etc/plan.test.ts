@@ -178,3 +178,17 @@ describe('planMerge: details', () => {
     expect(p.actions).toEqual([]);
   });
 });
+
+describe('formatPlan', () => {
+  it('keeps one path per line: odd names are JSON-quoted, plain ones are not', async () => {
+    const { formatPlan, summarizePlan } = await import('../../src/etc/index.ts');
+    const p = plan({}, {}, { 'a\nb': f('x'), 'plain name': f('y'), ' lead': f('z'), 'ünï': f('u') });
+    const text = formatPlan(p);
+    expect(text).toContain('  "a\\nb"  [file 0644 0:0, 1 bytes]');
+    expect(text).toContain('  plain name  [file');
+    expect(text).toContain('  " lead"  [file');
+    expect(text).toContain('  ünï  [file');
+    expect(text.split('\n').filter((line) => line.startsWith('  ') && line.includes('[file'))).toHaveLength(4);
+    expect(summarizePlan(p).counts.add).toBe(4);
+  });
+});
