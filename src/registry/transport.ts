@@ -33,8 +33,9 @@ export function extraCas(registry: string, certDir: string | undefined, certsD =
   return { files, pems: files.map((f) => readFileSync(f, 'utf8')) };
 }
 
-const proxyEnvSet = (env: NodeJS.ProcessEnv): boolean =>
-  Boolean(env.HTTP_PROXY || env.http_proxy || env.HTTPS_PROXY || env.https_proxy);
+/** First non-empty of the lowercase and uppercase spellings (an empty one must not hide the other). */
+const envOf = (env: NodeJS.ProcessEnv, name: string): string | undefined =>
+  env[name.toLowerCase()] || env[name.toUpperCase()] || undefined;
 
 /** A dispatcher for one registry host. Redirects are never followed here (see session.ts). */
 export function makeDispatcher(opts: { cas: string[]; timeouts: Timeouts; insecureTls?: boolean; env?: NodeJS.ProcessEnv }): Dispatcher {
@@ -47,7 +48,19 @@ export function makeDispatcher(opts: { cas: string[]; timeouts: Timeouts; insecu
     headersTimeout: opts.timeouts.readSeconds * 1000,
     bodyTimeout: opts.timeouts.readSeconds * 1000,
   };
-  if (proxyEnvSet(opts.env ?? process.env)) return new EnvHttpProxyAgent({ ...common, requestTls: tlsOpts });
+  const env = opts.env ?? process.env;
+  const httpProxy = envOf(env, 'http_proxy');
+  const httpsProxy = envOf(env, 'https_proxy');
+  if (httpProxy || httpsProxy) {
+    return new EnvHttpProxyAgent({
+      ...common,
+      requestTls: tlsOpts,
+      ...(httpProxy ? { httpProxy } : {}),
+      // Like curl: without HTTPS_PROXY, https goes through HTTP_PROXY too.
+      ...(httpsProxy || httpProxy ? { httpsProxy: httpsProxy ?? httpProxy } : {}),
+      noProxy: envOf(env, 'no_proxy') ?? '',
+    });
+  }
   return new Agent(common);
 }
 
