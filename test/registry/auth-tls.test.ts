@@ -9,7 +9,7 @@ import { buildOciLayout, gzip, OCI_LAYER_GZIP, pushLayout, simpleTar, type Built
 import { freePort, startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { startTokenServer, type RunningTokenServer } from '../helpers/token-server.ts';
 import { startConnectProxy, type RunningProxy } from '../helpers/connect-proxy.ts';
-import { insecureConf, runCli, writeAuthFile, writeRegistriesConf } from './util.ts';
+import { insecureConf, runCliAsync, writeAuthFile, writeRegistriesConf } from './util.ts';
 
 let tmp: string;
 let img: BuiltImage;
@@ -39,7 +39,7 @@ describe('Basic auth over TLS', () => {
 
   it('pulls with the right password and the CA from --cert-dir', async () => {
     const authfile = writeAuthFile(tmp, { [reg.host]: { user: 'alice', password: 'correct-horse' } }, 'good.json');
-    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile, '--json'], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile, '--json'], noProxy);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout).manifestDigest).toBe(img.manifestDigest);
   });
@@ -48,14 +48,14 @@ describe('Basic auth over TLS', () => {
     const authfile = join(tmp, 'specific.json');
     const b64 = (s: string) => Buffer.from(s).toString('base64');
     writeFileSync(authfile, JSON.stringify({ auths: { [reg.host]: { auth: b64('alice:wrong') }, [`${reg.host}/ns/app`]: { auth: b64('alice:correct-horse') } } }));
-    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile], noProxy);
     expect(r.code, r.stderr).toBe(0);
   });
 
   it('a wrong password: exit 3, names the registry and the auth file, never the secret', async () => {
     const authfile = writeAuthFile(tmp, { [reg.host]: { user: 'alice', password: 'hunter2-wrong' } }, 'bad.json');
     const dir = out();
-    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', dir, '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', dir, '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toContain(`registry ${reg.host} refused ns/app with HTTP 401`);
     expect(r.errorLine).toContain(authfile);
@@ -65,7 +65,7 @@ describe('Basic auth over TLS', () => {
   });
 
   it('without the CA: a TLS error (exit 3) that says TLS', async () => {
-    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(/^network: TLS handshake with 127\.0\.0\.1:\d+ failed/);
   });
@@ -75,11 +75,11 @@ describe('Basic auth over TLS', () => {
     try {
       const authfile = writeAuthFile(tmp, { [reg.host]: { user: 'alice', password: 'correct-horse' } }, 'proxy.json');
       const args = ['pull', `${reg.host}/ns/app:v1`, '--registries-conf', emptyConf, '--cert-dir', certDir, '--authfile', authfile];
-      const r = await runCli([...args, '--oci-layout', out()], { ...noProxy, HTTPS_PROXY: proxy.url });
+      const r = await runCliAsync([...args, '--oci-layout', out()], { ...noProxy, HTTPS_PROXY: proxy.url });
       expect(r.code, r.stderr).toBe(0);
       expect(proxy.targets).toContain(reg.host);
       const before = proxy.targets.length;
-      const r2 = await runCli([...args, '--oci-layout', out()], { ...noProxy, HTTPS_PROXY: proxy.url, NO_PROXY: '127.0.0.1' });
+      const r2 = await runCliAsync([...args, '--oci-layout', out()], { ...noProxy, HTTPS_PROXY: proxy.url, NO_PROXY: '127.0.0.1' });
       expect(r2.code, r2.stderr).toBe(0);
       expect(proxy.targets.length).toBe(before);
     } finally {
@@ -102,7 +102,7 @@ describe('Bearer token auth', () => {
     const conf = insecureConf(mkdtempSync(join(tmp, 'c-')), [reg.host]);
     const authfile = writeAuthFile(tmp, { [reg.host]: { user: 'bob', password: 'tok-pw' } }, 'tok.json');
     const before = ts.requests.length;
-    const r = await runCli(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf, '--authfile', authfile, '--json'], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf, '--authfile', authfile, '--json'], noProxy);
     expect(r.code, r.stderr).toBe(0);
     const mine = ts.requests.slice(before);
     expect(mine).toEqual([{ user: 'bob', scope: 'repository:team/app:pull', service: 'test-registry', status: 200 }]);
@@ -111,7 +111,7 @@ describe('Bearer token auth', () => {
   it('a token server that refuses the credentials: exit 3 naming the registry and auth file', async () => {
     const conf = insecureConf(mkdtempSync(join(tmp, 'c-')), [reg.host]);
     const authfile = writeAuthFile(tmp, { [reg.host]: { user: 'bob', password: 'nope-pw' } }, 'tokbad.json');
-    const r = await runCli(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf, '--authfile', authfile], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf, '--authfile', authfile], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(new RegExp(`^auth: registry ${reg.host.replace(/\./g, '\\.')} refused team/app with HTTP 401 using credentials from ${authfile}`));
     expect(r.errorLine).toContain('token server');
@@ -120,7 +120,7 @@ describe('Bearer token auth', () => {
 
   it('anonymous pull of a protected repo says no credentials were found and where it looked', async () => {
     const conf = insecureConf(mkdtempSync(join(tmp, 'c-')), [reg.host]);
-    const r = await runCli(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf], noProxy);
+    const r = await runCliAsync(['pull', `${reg.host}/team/app:v1`, '--oci-layout', out(), '--registries-conf', conf], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toContain('no credentials (searched /nonexistent/auth.json');
   });
@@ -128,14 +128,14 @@ describe('Bearer token auth', () => {
 
 describe('unreachable hosts', () => {
   it('DNS failure says DNS', async () => {
-    const r = await runCli(['pull', 'registry.nonexistent.invalid/ns/app:v1', '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
+    const r = await runCliAsync(['pull', 'registry.nonexistent.invalid/ns/app:v1', '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(/^network: DNS lookup of registry\.nonexistent\.invalid failed \((ENOTFOUND|EAI_AGAIN)/);
   });
 
   it('connection refused says connect', async () => {
     const port = await freePort();
-    const r = await runCli(['pull', `127.0.0.1:${port}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
+    const r = await runCliAsync(['pull', `127.0.0.1:${port}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf], noProxy);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(new RegExp(`^network: connect to 127\\.0\\.0\\.1:${port} failed \\(ECONNREFUSED`));
   });

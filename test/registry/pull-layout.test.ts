@@ -11,7 +11,7 @@ import {
   buildOciIndex, buildOciLayout, gzip, zstd, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, pushLayout, simpleTar, PushClient, registryBlobPath,
   type BuiltImage, type BuiltIndex, sha256, OCI_MANIFEST,
 } from '../helpers/oci-image.ts';
-import { insecureConf, runCli } from './util.ts';
+import { insecureConf, runCliAsync } from './util.ts';
 
 let tmp: string;
 let reg: RunningRegistry;
@@ -52,7 +52,7 @@ afterAll(async () => {
 describe('pull --oci-layout', () => {
   it('writes a layout that skopeo and umoci accept, with the registry digests', async () => {
     const out = join(tmp, 'out1');
-    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out, '--registries-conf', conf, '--json']);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out, '--registries-conf', conf, '--json']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const summary = JSON.parse(r.stdout);
@@ -71,7 +71,7 @@ describe('pull --oci-layout', () => {
 
   it('pulls one platform of a multi-arch index, by --platform', async () => {
     const out = join(tmp, 'out-arm');
-    const r = await runCli(['pull', `${reg.host}/ns/multi:multi`, '--oci-layout', out, '--registries-conf', conf, '--platform', 'linux/arm64', '--json']);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/multi:multi`, '--oci-layout', out, '--registries-conf', conf, '--platform', 'linux/arm64', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const arm = multi.images.find((i) => i.platform.architecture === 'arm64')!;
     expect(JSON.parse(r.stdout).manifestDigest).toBe(arm.manifestDigest);
@@ -82,7 +82,7 @@ describe('pull --oci-layout', () => {
 
   it('lists the available platforms when none matches', async () => {
     const out = join(tmp, 'out-none');
-    const r = await runCli(['pull', `${reg.host}/ns/multi:multi`, '--oci-layout', out, '--registries-conf', conf, '--platform', 'linux/ppc64le']);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/multi:multi`, '--oci-layout', out, '--registries-conf', conf, '--platform', 'linux/ppc64le']);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(/no image for linux\/ppc64le; available: linux\/amd64, linux\/arm64\/v8, linux\/s390x/);
     expect(existsSync(out) || existsSync(`${out}.partial`)).toBe(false);
@@ -90,7 +90,7 @@ describe('pull --oci-layout', () => {
 
   it('refuses an unknown repository with exit 3 and a 404 message', async () => {
     const out = join(tmp, 'out-404');
-    const r = await runCli(['pull', `${reg.host}/ns/nothing:v1`, '--oci-layout', out, '--registries-conf', conf]);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/nothing:v1`, '--oci-layout', out, '--registries-conf', conf]);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(/HTTP 404 (NAME|MANIFEST)_UNKNOWN \(no such repository or tag\)/);
     expect(r.errorLine.split('\n')).toHaveLength(1);
@@ -98,7 +98,7 @@ describe('pull --oci-layout', () => {
   });
 
   it('refuses a malformed reference with exit 2, pointing at the character', async () => {
-    const r = await runCli(['pull', `${reg.host}/ns/App:v1`, '--oci-layout', join(tmp, 'x'), '--registries-conf', conf]);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/App:v1`, '--oci-layout', join(tmp, 'x'), '--registries-conf', conf]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/"A" at position 19/);
   });
@@ -107,7 +107,7 @@ describe('pull --oci-layout', () => {
     const z = await buildOciLayout(join(tmp, 'zsrc'), { tag: 'z', layers: [{ data: await zstd(await simpleTar({ a: 'zstd!' })), mediaType: OCI_LAYER_ZSTD }] });
     await pushLayout(z.layoutDir, 'z', reg.host, 'ns/zstd');
     const out = join(tmp, 'out-z');
-    const r = await runCli(['pull', `${reg.host}/ns/zstd:z`, '--oci-layout', out, '--registries-conf', conf, '--json']);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/zstd:z`, '--oci-layout', out, '--registries-conf', conf, '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect(readFileSync(join(out, 'blobs', 'sha256', z.layers[0]!.digest.slice(7)))).toHaveLength(z.layers[0]!.size);
   });
@@ -126,7 +126,7 @@ describe('pull --oci-layout', () => {
     await c.pushManifest('v1', manifest, OCI_MANIFEST);
     await c.close();
     const out = join(tmp, 'out-odd');
-    const r = await runCli(['pull', `${reg.host}/ns/odd:v1`, '--oci-layout', out, '--registries-conf', conf]);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/odd:v1`, '--oci-layout', out, '--registries-conf', conf]);
     expect(r.code).toBe(3);
     expect(r.errorLine).toMatch(/unsupported media type "application\/vnd.example.squashfs"/);
     expect(existsSync(out)).toBe(false);
@@ -140,7 +140,7 @@ describe('pull --oci-layout', () => {
     bytes.writeUInt8(bytes.readUInt8(bytes.length - 5) ^ 0xff, bytes.length - 5);
     writeFileSync(path, bytes);
     const out = join(tmp, 'out-corrupt');
-    const r = await runCli(['pull', `${reg.host}/ns/corrupt:c`, '--oci-layout', out, '--registries-conf', conf]);
+    const r = await runCliAsync(['pull', `${reg.host}/ns/corrupt:c`, '--oci-layout', out, '--registries-conf', conf]);
     expect(r.code).toBe(4);
     expect(r.errorLine).toContain(`blob ${one.layers[0]!.digest}`);
     expect(r.errorLine).toMatch(/has digest sha256:/);
