@@ -1,0 +1,203 @@
+// The real capabilities behind src/pivot.ts's phases: each is a thin adapter from the pivot's
+// vocabulary (config, staged tree, plan) to one module's API.
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { Config } from './config.ts';
+import { PivotError } from './errors.ts';
+import { log } from './log.ts';
+import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } from './pivot.ts';
+import type { Progress } from './progress.ts';
+import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
+import { pullToDest } from './unpack/index.ts';
+import { applyEtcMerge, formatPlan, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
+import { isUsrPivoted, mountStagedUsr } from './mount.ts';
+import { readMountinfo } from './mountinfo.ts';
+import { labelStagedTree, planLabel, policyChanged, reloadPolicyArgv, selinuxEnabled } from './selinux.ts';
+import { SystemdManager } from './systemd/manager.ts';
+import { isolate, refreshSystemd } from './systemd/isolate.ts';
+
+/** Where the filesystem the agent acts on is rooted; '/' except in tests. */
+export interface HostPaths {
+  usr: string;
+  etc: string;
+  /** A read-only bind of the booted /usr, made before the switch: the stable base of /etc merges. */
+  bootedUsr: string;
+}
+
+export function hostPaths(cfg: Config): HostPaths {
+  return { usr: '/usr', etc: '/etc', bootedUsr: join(cfg.stateDir, 'booted-usr') };
+}
+
+function registryOptions(cfg: Config): RegistryOptions {
+  return {
+    ...(cfg.authfile ? { authfile: cfg.authfile } : {}),
+    registriesConf: cfg.registriesConf,
+    ...(cfg.certDir ? { certDir: cfg.certDir } : {}),
+    ...(cfg.platform ? { platform: cfg.platform } : {}),
+    concurrency: cfg.concurrency,
+    cacheDir: join(cfg.stagingDir, 'blobs'),
+    timeouts: cfg.timeouts,
+  };
+}
+
+const hex = (digest: string): string => digest.replace(/^sha256:/, '');
+
+async function withManager<T>(fn: (mgr: SystemdManager) => Promise<T>): Promise<T> {
+  const mgr = await SystemdManager.connect();
+  try {
+    return await fn(mgr);
+  } finally {
+    await mgr.close();
+  }
+}
+
+async function isMountpoint(path: string): Promise<boolean> {
+  return readMountinfo().some((m) => m.mountPoint === path);
+}
+
+/** Keeps the booted /usr reachable after the switch; private so the switch does not propagate into it. */
+async function bindBootedUsr(paths: HostPaths): Promise<void> {
+  if (await isMountpoint(paths.bootedUsr)) return;
+  mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
+  await execa('mount', ['--bind', paths.usr, paths.bootedUsr]);
+  await execa('mount', ['--make-private', paths.bootedUsr]);
+  await execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]);
+}
+
+async function unitPath(mgr: SystemdManager, unit: string): Promise<string> {
+  const [path] = await mgr.call('LoadUnit', 's', [unit]);
+  return String(path);
+}
+
+export function realCapabilities(): PivotCapabilities {
+  let pinned: string | undefined;
+
+  return {
+    stagedPath: (cfg, digest) => join(cfg.stagingDir, hex(digest)),
+
+    async recoverEtc() {
+      return recoverEtcJournal('/etc');
+    },
+
+    async resolve(cfg): Promise<ResolvedImage> {
+      const opts = registryOptions(cfg);
+      let reference = cfg.image;
+      if (!reference) {
+        const found = await resolveComponent(cfg.releaseImage!, cfg.component, opts);
+        log().info({ releaseImage: cfg.releaseImage, component: cfg.component, pullspec: found.pullspec, bytesFetched: found.bytesFetched }, `release image names ${cfg.component} ${found.pullspec}`);
+        reference = found.pullspec;
+      }
+      const opened = await openImage(reference, opts);
+      try {
+        const r = opened.reference;
+        // Everything after this pulls by digest, so a tag moving mid-pivot cannot mix images.
+        pinned = `${r.registry}/${r.repository}@${opened.manifestDigest}`;
+        return {
+          reference,
+          ...(cfg.releaseImage ? { releaseImage: cfg.releaseImage } : {}),
+          manifestDigest: opened.manifestDigest,
+          compressedBytes: opened.layers.reduce((n, l) => n + l.size, 0),
+          layerCount: opened.layers.length,
+        };
+      } finally {
+        await opened.close();
+      }
+    },
+
+    async pull(cfg, image, _progress: Progress): Promise<StagedTree> {
+      const root = join(cfg.stagingDir, hex(image.manifestDigest));
+      if (existsSync(root)) return { root, reused: true, facts: {} };
+      // Leftovers of interrupted runs and of other images only take RAM on a live ISO.
+      for (const name of existsSync(cfg.stagingDir) ? readdirSync(cfg.stagingDir) : []) {
+        if (name !== 'blobs') rmSync(join(cfg.stagingDir, name), { recursive: true, force: true });
+      }
+      const unpacked = `${root}.unpacked`;
+      const summary = await pullToDest(pinned ?? image.reference, unpacked, registryOptions(cfg), {
+        limits: cfg.limits,
+        allowDevices: cfg.allowDevices,
+        keepSysroot: cfg.keepSysroot,
+      });
+      // ostree-native images export /usr/etc as /etc; the new /usr carries its defaults at
+      // usr/etc again, as the base of the next merge and for ostree's own tools.
+      if (existsSync(join(unpacked, 'etc')) && !existsSync(join(unpacked, 'usr/etc'))) renameSync(join(unpacked, 'etc'), join(unpacked, 'usr/etc'));
+      if (!existsSync(join(unpacked, 'usr'))) {
+        rmSync(unpacked, { recursive: true, force: true });
+        throw new PivotError('verification', `image ${image.reference} has no usr/ directory`, {
+          fix: 'point image at a bootable node image (an OS image with /usr), not an application image',
+        });
+      }
+      renameSync(unpacked, root);
+      // Verified blobs are only needed until the tree is complete.
+      rmSync(join(cfg.stagingDir, 'blobs'), { recursive: true, force: true });
+      return {
+        root, reused: false,
+        facts: { layers: summary.layers, entries: summary.entries, compressedBytes: summary.compressedBytes, expandedBytes: summary.expandedBytes, seconds: summary.seconds },
+      };
+    },
+
+    async label(cfg, staged) {
+      return labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux });
+    },
+
+    async planEtc(cfg, staged) {
+      const paths = hostPaths(cfg);
+      const base = (await isMountpoint(paths.bootedUsr)) ? join(paths.bootedUsr, 'etc') : join(paths.usr, 'etc');
+      if (!existsSync(base)) {
+        throw new PivotError('etc-merge', `the booted image has no ${base} (pristine /etc defaults)`, {
+          path: base,
+          fix: 'boot an ostree-style image that keeps its /etc defaults at /usr/etc; without them local changes cannot be told apart',
+        });
+      }
+      const plan = await planEtcMerge({ base, current: paths.etc, new: join(staged.root, 'usr/etc') });
+      const s = summarizePlan(plan);
+      const summary: EtcPlanSummary = {
+        actions: s.total,
+        counts: s.counts,
+        warnings: s.warnings.map((w) => w.message),
+        conflicts: s.conflicts,
+        text: formatPlan(plan),
+      };
+      return { plan, summary };
+    },
+
+    async usrIsPivotedTo(staged) {
+      return isUsrPivoted('/usr', staged.root);
+    },
+
+    async mountUsr(cfg, staged) {
+      const paths = hostPaths(cfg);
+      await bindBootedUsr(paths);
+      return mountStagedUsr({ stagedRoot: staged.root, preserve: cfg.preserve, target: paths.usr });
+    },
+
+    async applyEtc(plan) {
+      const r = await applyEtcMerge(plan as EtcPlan);
+      return { applied: r.applied, ...r.counts };
+    },
+
+    async refresh(cfg, staged) {
+      const facts: Record<string, unknown> = { ...(await withManager((mgr) => refreshSystemd(mgr, { restartUnits: cfg.restartUnits }))) };
+      if (cfg.selinux !== 'off' && (await selinuxEnabled())) {
+        const type = planLabel({ stagedRoot: staged.root }).policyType;
+        if (await policyChanged(join(hostPaths(cfg).bootedUsr, 'etc/selinux', type), join('/etc/selinux', type))) {
+          const [cmd, ...args] = reloadPolicyArgv({ hasModuleStore: existsSync(join('/var/lib/selinux', type)) });
+          await execa(cmd, args);
+          return { ...facts, policyReloaded: true };
+        }
+      }
+      return facts;
+    },
+
+    async isolate(cfg) {
+      return withManager(async (mgr): Promise<Record<string, unknown>> => {
+        const [target, pivot] = await Promise.all([
+          mgr.getProperty('ActiveState', 'org.freedesktop.systemd1.Unit', await unitPath(mgr, cfg.isolateTarget)),
+          mgr.getProperty('ActiveState', 'org.freedesktop.systemd1.Unit', await unitPath(mgr, 'node-image-pivot.target')),
+        ]);
+        if (target === 'active' && pivot !== 'active') return { skipped: `${cfg.isolateTarget} is already active` };
+        return { ...(await isolate(mgr, cfg.isolateTarget, cfg.timeouts.isolateSeconds * 1000)) };
+      });
+    },
+  };
+}
