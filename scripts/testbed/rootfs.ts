@@ -8,7 +8,7 @@
 //                        finished extraction
 //   rootfs.lock          held while building or extracting, so parallel test files build once
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmSync, renameSync, writeFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, renameSync, writeFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { withLock } from './lock.ts';
@@ -126,12 +126,18 @@ async function extractTree(p: RootfsPaths, say: Say): Promise<void> {
   }
 }
 
-/** Removes trees and tarballs of other recipe versions, which are dead weight (300 MB each). */
+/**
+ * Removes trees and tarballs of other recipe versions, which are dead weight (300 MB each), unless
+ * a machine of another process still uses that tree as its overlay lower dir.
+ */
 function pruneOtherKeys(key: string): void {
   const dir = cacheDir();
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8');
   for (const name of readdirSync(dir)) {
     const m = /^rootfs-([0-9a-f]{16})(\.tar\.zst)?$/.exec(name);
-    if (m && m[1] !== key) rmSync(join(dir, name), { recursive: true, force: true });
+    if (!m || m[1] === key) continue;
+    if (!m[2] && mounts.includes(`lowerdir=${join(dir, name)}`)) continue;
+    rmSync(join(dir, name), { recursive: true, force: true });
   }
 }
 
