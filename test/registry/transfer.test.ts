@@ -97,6 +97,13 @@ describe('blob transfer', () => {
   });
 });
 
+describe('manifest limits', () => {
+  it('refuses a manifest over 4 MiB', async () => {
+    fake = await startFakeRegistry(img.layoutDir, 'v1', { lyingManifest: Buffer.alloc(4 * 1024 * 1024 + 1, 0x20) });
+    await expect(pullFrom(fake.host, 'ns/app:v1')).rejects.toMatchObject({ kind: 'registry', message: expect.stringMatching(/over the 4194304-byte limit/) });
+  });
+});
+
 describe('against docker-registry', () => {
   let reg: RunningRegistry;
   beforeAll(async () => {
