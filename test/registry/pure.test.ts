@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { PivotError } from '../../src/errors.ts';
 import { badIndexInComponent, parseReference } from '../../src/registry/reference.ts';
 import { mergeConfs, parseRegistriesToml, prefixMatch, sourcesFor } from '../../src/registry/mirrors.ts';
-import { authFileCandidates, authKeysFor, lookupCredentials, normaliseAuthKey, parseWwwAuthenticate, tokenFromResponse, tokenUrl } from '../../src/registry/auth.ts';
+import { type AuthFile, authFileCandidates, authKeysFor, lookupCredentials, normaliseAuthKey, parseWwwAuthenticate, tokenFromResponse, tokenUrl } from '../../src/registry/auth.ts';
 import { backoffDelay, networkStage, parseRetryAfter, rangeHeader, resumePlan } from '../../src/registry/transport.ts';
 import { parseManifest, selectPlatform, effectiveMediaType, DOCKER_SCHEMA1, OCI_INDEX } from '../../src/registry/manifest.ts';
 import { parse as parseToml } from 'smol-toml';
@@ -139,7 +139,7 @@ blocked = true
 
 describe('auth', () => {
   const b64 = (s: string) => Buffer.from(s).toString('base64');
-  const files = [
+  const files: AuthFile[] = [
     { path: '/first.json', auths: { 'quay.io': { auth: b64('host:1') }, 'quay.io/org': { auth: b64('ns:2') } } },
     { path: '/second.json', auths: { 'quay.io/org/app': { auth: b64('repo:3') }, 'https://index.docker.io/v1/': { auth: b64('hub:4') } } },
   ];
@@ -225,7 +225,7 @@ describe('manifests and platforms', () => {
     expect(() => parseManifest(Buffer.from('{'), undefined, 'x')).toThrow(/not valid JSON/);
   });
   it('detects the type from the body when Content-Type is generic', () => {
-    expect(effectiveMediaType('application/json', { manifests: [] })).toBe(OCI_INDEX);
+    expect(effectiveMediaType('application/json', { manifests: [] } as { mediaType?: unknown })).toBe(OCI_INDEX);
     expect(effectiveMediaType(undefined, { schemaVersion: 1 })).toBe(DOCKER_SCHEMA1);
     expect(parseManifest(m({ schemaVersion: 2, config: desc, layers: [desc] }), undefined, 'x').kind).toBe('image');
   });
