@@ -2,7 +2,7 @@
 // the generator sends the boot to node-image-pivot.target, the pivot service (here running the
 // D-Bus half of a pivot, test/e2e/fixtures/isolate-driver.ts) refreshes systemd and isolates to
 // multi-user.target, survives its own isolate, and the generator lets go once the state says done.
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bootMachine, type Machine } from '../helpers/machine.ts';
@@ -66,4 +66,51 @@ describe('units, generator and D-Bus on real systemd', () => {
       .toBe('driver: done');
     expect(await m.waitForSystemState(['running', 'degraded'])).toBe('running');
   });
+});
+
+describe('node-image-pivot.service restart policy on systemd 252', () => {
+  let m: Machine;
+  // Fails with the exit code listed in /etc/nip-exits (one per attempt), then succeeds.
+  const FLAKY = `#!/bin/sh
+n=$(cat /run/nip-attempts 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /run/nip-attempts
+code=$(sed -n "\${n}p" /etc/nip-exits); echo "attempt $n exits \${code:-0}"; exit \${code:-0}
+`;
+
+  beforeAll(async () => {
+    m = await bootMachine({
+      name: 'nip-restart',
+      prepare: (root) => {
+        installUnits(root);
+        rmSync(join(root, 'etc/node-image-pivot/config.json')); // keep the generator out of this boot
+        writeFileSync(join(root, 'var/usrlocal/bin/nip-flaky'), FLAKY, { mode: 0o755 });
+        const dropin = join(root, 'etc/systemd/system/node-image-pivot.service.d');
+        mkdirSync(dropin, { recursive: true });
+        // Only the command and the delay change; the restart policy under test is the unit's.
+        writeFileSync(join(dropin, 'test.conf'), '[Service]\nExecStart=\nExecStart=/usr/local/bin/nip-flaky\nRestartSec=100ms\n');
+      },
+    });
+    await m.waitForSystemState('running');
+  });
+  afterAll(async () => {
+    await m?.dispose();
+  });
+
+  async function attempt(exits: number[]) {
+    await m.exec(['sh', '-c', `rm -f /run/nip-attempts; printf '${exits.join('\\n')}\\n' > /etc/nip-exits; systemctl reset-failed node-image-pivot.service; systemctl start --no-block node-image-pivot.service`], { direct: true });
+    const state = await m.waitForUnit('node-image-pivot.service', ['active', 'failed'], 30_000);
+    const n = (await m.exec(['systemctl', 'show', '-p', 'NRestarts', '--value', 'node-image-pivot.service'], { direct: true })).stdout.trim();
+    await m.exec(['systemctl', 'stop', 'node-image-pivot.service'], { direct: true });
+    return { ...state, restarts: Number(n) };
+  }
+
+  it('retries transient failures past the default start limit, then succeeds', async () => {
+    // Eight quick failures: without StartLimitIntervalSec=0 the 6th start would be refused.
+    expect(await attempt([3, 3, 3, 3, 3, 3, 3, 3])).toMatchObject({ activeState: 'active', result: 'success', restarts: 8 });
+  });
+
+  for (const code of [2, 4, 7]) {
+    it(`stops on permanent exit ${code} without a retry`, async () => {
+      expect(await attempt([code])).toMatchObject({ activeState: 'failed', result: 'exit-code', restarts: 0 });
+    });
+  }
 });
