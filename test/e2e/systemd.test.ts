@@ -114,3 +114,18 @@ code=$(sed -n "\${n}p" /etc/nip-exits); echo "attempt $n exits \${code:-0}"; exi
     });
   }
 });
+
+describe('the kernel command line beats the generator', () => {
+  it('systemd.unit=multi-user.target boots there although the generator picked the pivot target', async () => {
+    const m = await bootMachine({ name: 'nip-cmdline', bootUnit: 'multi-user.target', prepare: installUnits });
+    try {
+      await m.waitForSystemState('running');
+      const status = JSON.parse((await m.exec(['node-image-pivot', 'status', '--json'])).stdout) as { systemd: { defaultTarget: string } };
+      expect(status.systemd.defaultTarget).toBe('node-image-pivot.target');
+      expect((await m.unitState('node-image-pivot.service')).activeState).toBe('inactive');
+      expect((await m.unitState('node-image-pivot.target')).activeState).toBe('inactive');
+    } finally {
+      await m.dispose();
+    }
+  });
+});
