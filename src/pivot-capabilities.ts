@@ -189,6 +189,10 @@ export function realCapabilities(): PivotCapabilities {
       return facts;
     },
 
+    async settle() {
+      await withManager((mgr) => mgr.reload());
+    },
+
     async isolate(cfg) {
       return withManager(async (mgr): Promise<Record<string, unknown>> => {
         const [target, pivot] = await Promise.all([

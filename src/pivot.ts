@@ -53,6 +53,11 @@ export interface PivotCapabilities {
   recoverEtc(): Promise<'none' | 'rolled-back'>;
   refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
   isolate(cfg: Config): Promise<Record<string, unknown>>;
+  /**
+   * After the state file says done or skipped: let systemd rerun the generator, so default.target
+   * stops pointing at the pivot target for the rest of this boot.
+   */
+  settle(): Promise<void>;
   /** Where to find the staged tree for a digest, if a previous run finished unpacking it. */
   stagedPath(cfg: Config, digest: string): string;
 }
@@ -258,6 +263,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     else skipPhase('isolate', 'service mode (--no-isolate)');
 
     rec!.finish('done');
+    if (req.isolate) await settle(caps);
     await progress.ready(`pivoted to ${image.manifestDigest}`);
     return { result: 'done', state: rec!.state };
   } catch (err) {
@@ -275,6 +281,11 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   }
 }
 
+/** Best effort: the pivot is complete either way, and the next reload does the same. */
+async function settle(caps: PivotCapabilities): Promise<void> {
+  await caps.settle().catch((err: unknown) => log().warn({ err: asPivotError(err).toJSON() }, 'final daemon-reload failed; default.target still names the pivot target until the next reload'));
+}
+
 /**
  * A skip still has to move the boot on: once the generator made the pivot target the boot
  * target, nothing else leaves it, and the node would sit there with no journal line saying why.
@@ -283,6 +294,7 @@ async function finishSkipped(req: PivotRequest, rec: StateRecorder, reason: stri
   log().info({ reason }, `nothing to do: ${reason}`);
   if (req.isolate) await req.caps.isolate(req.cfg);
   rec.finish('skipped', { skipReason: reason });
+  if (req.isolate) await settle(req.caps);
   await req.progress.ready(`skipped: ${reason}`);
   return { result: 'skipped', reason, state: rec.state };
 }

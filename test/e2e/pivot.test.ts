@@ -60,6 +60,8 @@ describe('pivot e2e', () => {
       'preflight:done', 'resolve:done', 'pull:done', 'selinux:done', 'etc-plan:done', 'mount:done',
       'etc-apply:done', 'refresh:done', 'isolate:done',
     ]);
+    // The generator, rerun by the final reload, no longer sends default.target to the pivot.
+    expect((await sh(m, 'systemctl get-default')).trim()).toBe('multi-user.target');
     const svc = await m.unitState('node-image-pivot.service');
     expect(svc.result).toBe('success');
     const journal = await m.journal('node-image-pivot.service');
