@@ -3,7 +3,7 @@
 // message level so a test controls exactly what the real one does racily: the order of a job's
 // JobRemoved signal and the StartUnit reply, other jobs' signals, failures and silence.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dbus from '@particle/dbus-next';
@@ -48,7 +48,14 @@ export function startPrivateBus(): PrivateBus {
       }
       // The daemon unlinks its socket as it exits; removing the dir under it races with that.
       const deadline = Date.now() + 3000;
-      while (existsSync(`/proc/${pid}`) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+      const running = () => {
+        try {
+          return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); // a zombie has exited
+        } catch {
+          return false;
+        }
+      };
+      while (running() && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
       rmSync(dir, { recursive: true, force: true });
     },
   };
