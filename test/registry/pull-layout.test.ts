@@ -97,6 +97,14 @@ describe('pull --oci-layout', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it('stops at the registry.manifest failpoint, leaving no DIR', async () => {
+    const out = join(tmp, 'out-fp');
+    const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out, '--registries-conf', conf], { NODE_IMAGE_PIVOT_FAILPOINTS: 'registry.manifest:error=registry' });
+    expect(r.code).toBe(3);
+    expect(r.errorLine).toMatch(/failpoint registry\.manifest triggered/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it('refuses a malformed reference with exit 2, pointing at the character', async () => {
     const r = await runCliAsync(['pull', `${reg.host}/ns/App:v1`, '--oci-layout', join(tmp, 'x'), '--registries-conf', conf]);
     expect(r.code).toBe(2);
