@@ -90,6 +90,10 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
   let lastError: unknown;
   let requests = 0;
   const initial = offset;
+  const budgetSpent = (source: string): PivotError => new PivotError('network', `gave up on blob ${desc.digest} from ${source}: the pull time budget ran out (${describe(lastError)})`, {
+    fix: 'check the network path to the registry, or raise timeouts.pullSeconds in the config',
+    facts: { blob: desc.digest, source },
+  });
   failpoint('registry.blob');
   for (let s = 0; s < ctx.sources.length; s++) {
     const src = ctx.sources[s]!;
@@ -98,13 +102,12 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
         const retryAfter = lastError instanceof Transient ? lastError.retryAfterMs : undefined;
         const wait = retryAfter ?? backoffDelay(attempt - 1, backoff);
         if (Date.now() + wait > ctx.deadline) {
-          throw new PivotError('network', `gave up on blob ${desc.digest} from ${src.name}: the pull time budget ran out (${describe(lastError)})`, {
-            fix: 'check the network path to the registry, or raise timeouts.pullSeconds in the config',
-            facts: { blob: desc.digest, source: src.name },
-          });
+          throw budgetSpent(src.name);
         }
         log().warn({ blob: desc.digest, source: src.name, attempt, waitMs: wait, offset, reason: describe(lastError) }, 'retrying blob');
         await sleep(wait);
+      } else if (requests > 0 && Date.now() > ctx.deadline) {
+        throw budgetSpent(src.name);
       }
       const range = rangeHeader(offset);
       requests++;
@@ -140,6 +143,7 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       }
       if (requests > 1 && plan.skip === 0) ctx.stats.bytesResumed += offset - initial;
       let skip = plan.skip;
+      const before = offset;
       try {
         for await (const raw of res.body) {
           let chunk = raw as Buffer;
@@ -161,7 +165,15 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       } catch (err) {
         if (err instanceof PivotError && err.kind === 'verification') throw err;
         lastError = err;
-        if (isTransient(err)) { attempt = -1; continue; } // progress was made: a fresh attempt budget
+        if (isTransient(err)) {
+          // Only progress earns a fresh attempt budget: a server that stalls before the first
+          // byte every time must run out of attempts, not loop until the process is killed.
+          if (offset > before) {
+            attempt = -1;
+            log().warn({ blob: desc.digest, source: src.name, offset, reason: describe(err) }, 'resuming blob after a broken transfer');
+          }
+          continue;
+        }
         throw err;
       }
       if (offset < desc.size) {
