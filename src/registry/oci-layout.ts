@@ -2,9 +2,9 @@
 // the interop proof that what we fetched is exactly what the registry holds. Written to
 // DIR.partial and renamed, so DIR either is complete or does not exist.
 import { existsSync } from 'node:fs';
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PivotError } from '../errors.ts';
+import { PivotError, asPivotError } from '../errors.ts';
 import { mapLimit } from './blobs.ts';
 import type { OpenedImage } from './client.ts';
 import { OCI_INDEX } from './manifest.ts';
@@ -22,6 +22,18 @@ export async function writeOciLayout(image: OpenedImage, dir: string): Promise<L
     throw new PivotError('usage', `${dir} already exists`, { path: dir, fix: 'remove it or choose another --oci-layout directory' });
   }
   const partial = `${dir}.partial`;
+  try {
+    return await writeInto(image, dir, partial);
+  } catch (err) {
+    // A transient failure keeps DIR.partial so that a rerun resumes its verified blobs; after a
+    // permanent one (a digest mismatch, a bad manifest) a rerun fails the same way, so nothing
+    // is left in place.
+    if (asPivotError(err).permanent) await rm(partial, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function writeInto(image: OpenedImage, dir: string, partial: string): Promise<LayoutResult> {
   const blobDir = join(partial, 'blobs', 'sha256');
   await mkdir(blobDir, { recursive: true });
   // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import {
   buildOciIndex, buildOciLayout, gzip, zstd, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, pushLayout, simpleTar, PushClient, registryBlobPath,
-  type BuiltImage, type BuiltIndex, sha256, OCI_MANIFEST,
+  type BuiltImage, type BuiltIndex, sha256, OCI_MANIFEST, DOCKER_LAYER_GZIP,
 } from '../helpers/oci-image.ts';
 import { insecureConf, runCliAsync } from './util.ts';
 
@@ -78,6 +78,24 @@ describe('pull --oci-layout', () => {
     const blobs = readdirSync(join(out, 'blobs', 'sha256'));
     expect(blobs).toContain(arm.layers[0]!.digest.slice(7));
     expect(blobs).not.toContain(multi.images[0]!.layers[0]!.digest.slice(7));
+  });
+
+  it('pulls a Docker manifest list with schema2 manifests', async () => {
+    const layer = await gzip(await simpleTar({ d: 'docker' }));
+    const list = await buildOciIndex(join(tmp, 'dlist'), {
+      tag: 'dl', docker: true,
+      images: [
+        { platform: { os: 'linux', architecture: 'amd64' }, layers: [{ data: layer, mediaType: DOCKER_LAYER_GZIP }] },
+        { platform: { os: 'linux', architecture: 's390x' }, layers: [{ data: await gzip(await simpleTar({ d: 'z' })), mediaType: DOCKER_LAYER_GZIP }] },
+      ],
+    });
+    await pushLayout(list.layoutDir, 'dl', reg.host, 'ns/dlist');
+    const out = join(tmp, 'out-dl');
+    const r = await runCliAsync(['pull', `${reg.host}/ns/dlist:dl`, '--oci-layout', out, '--registries-conf', conf, '--platform', 'linux/s390x', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).manifestDigest).toBe(list.images[1]!.manifestDigest);
+    const index = JSON.parse(readFileSync(join(out, 'index.json'), 'utf8'));
+    expect(index.manifests[0].mediaType).toBe('application/vnd.docker.distribution.manifest.v2+json');
   });
 
   it('lists the available platforms when none matches', async () => {
