@@ -3,6 +3,7 @@
 // so a failed or killed pull never leaves a plausible-looking DIR behind.
 import { existsSync, renameSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
 import { PivotError } from '../errors.ts';
 import { log } from '../log.ts';
 import { openImage, type RegistryOptions } from '../registry/index.ts';
@@ -28,8 +29,13 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
   // A leftover from an interrupted pull is ours by name and incomplete by definition.
   rmSync(partial, { recursive: true, force: true });
   const image = await openImage(ref, registry);
+  const inFlight: Verifiable[] = [];
   try {
-    const layers: LayerSource[] = image.layers.map((l) => ({ ...l, open: () => image.openBlob(l) }));
+    const layers: LayerSource[] = image.layers.map((l) => {
+      const v = keepVerifiable(() => image.openBlob(l));
+      inFlight.push(v);
+      return { ...l, open: v.open };
+    });
     log().info({ image: image.reference.toString(), manifestDigest: image.manifestDigest, layers: layers.length, dest: dir }, 'unpacking image');
     const summary = await unpackLayers(partial, layers, unpack);
     renameSync(partial, dir);
@@ -43,10 +49,70 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
     };
   } catch (err) {
     rmSync(partial, { recursive: true, force: true });
+    // Damaged bytes usually trip the tar parser or the inflater before the digest check at the
+    // end of the blob; the operator must hear "the registry served wrong bytes" (exit 4), not
+    // "the image is malformed" (exit 5). The rest of the layer is read (at most its manifest
+    // size) to find out which it was.
+    if (!(err instanceof PivotError && (err.kind === 'verification' || err.kind === 'network'))) {
+      for (const v of inFlight) {
+        const mismatch = await v.verifyRest();
+        if (mismatch) throw mismatch;
+      }
+    }
     throw err;
   } finally {
     await image.close();
   }
+}
+
+interface Verifiable {
+  open(): Promise<Readable>;
+  /** Reads what the unpacker left unread; returns the verification error if the digest is wrong. */
+  verifyRest(): Promise<PivotError | undefined>;
+}
+
+/**
+ * Hands the unpacker a stream whose early close does not end the verified blob iterator under
+ * it, so that after an unpack failure the rest of the blob can still be checked.
+ */
+function keepVerifiable(open: () => Promise<Readable>): Verifiable {
+  let stream: Readable | undefined;
+  let inner: AsyncIterator<Buffer> | undefined;
+  let settled = false;
+  return {
+    async open() {
+      stream = await open();
+      const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+      inner = it;
+      return Readable.from({
+        [Symbol.asyncIterator]: () => ({
+          next: async () => {
+            try {
+              const r = await it.next();
+              if (r.done) settled = true;
+              return r;
+            } catch (err) {
+              settled = true;
+              throw err;
+            }
+          },
+          return: async () => ({ done: true as const, value: undefined }),
+        }),
+      });
+    },
+    async verifyRest() {
+      if (!inner || settled) return undefined;
+      settled = true;
+      try {
+        for (let r = await inner.next(); !r.done; r = await inner.next()) { /* the verifier hashes as it goes */ }
+        return undefined;
+      } catch (err) {
+        return err instanceof PivotError && err.kind === 'verification' ? err : undefined;
+      } finally {
+        stream?.destroy();
+      }
+    },
+  };
 }
 
 export function formatPullSummary(s: PullToDestSummary): string {
