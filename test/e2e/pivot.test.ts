@@ -93,6 +93,16 @@ describe('pivot e2e', () => {
         files: { 'etc/systemd/system/nip-consumer.service': consumer },
       }),
     });
+    // A dry run first: it prints the plan and changes nothing on the system.
+    await m.waitForSystemState(['running', 'degraded']);
+    const dry = await m.exec(['/usr/local/bin/node-image-pivot', 'run', '--dry-run', '--json']);
+    expect(dry.exitCode).toBe(0);
+    const plan = JSON.parse(dry.stdout) as { image: { manifestDigest: string; layerCount: number }; etc: { actions: number; conflicts: string[] } };
+    expect(plan.image).toMatchObject({ manifestDigest: fx.image.manifestDigest, layerCount: 2 });
+    expect(plan.etc.conflicts).toEqual([]);
+    expect(plan.etc.actions).toBeGreaterThan(0);
+    expect(await sh(m, `test -e ${NODE_VERSION_FILE} && echo new || echo old; cat /etc/issue; test -e /run/node-image-pivot/state.json && echo state || echo no-state`))
+      .toMatch(/^old\n(?!Node image)[^]*no-state\n$/);
     await m.exec(['systemctl', 'start', '--no-block', 'nip-consumer.service'], { direct: true });
     await m.waitForUnit('nip-consumer.service', ['active', 'failed'], 240_000);
     expect((await sh(m, 'cat /results/consumer-saw')).trim()).toBe('4.20.0-e2e');
