@@ -10,6 +10,8 @@ import { join } from 'node:path';
 export interface FakeBehaviour {
   /** Require Basic auth with these credentials on the registry host (never on the CDN). */
   basic?: { user: string; password: string };
+  /** Require Bearer tokens from this realm; each token is honoured `maxUses` times, then 401. */
+  bearer?: { realm: string; maxUses: number };
   /** Answer blob GETs with a 307 to a second server on another port. */
   redirectBlobs?: boolean;
   /** Serve these bytes for every manifest request instead of the real ones. */
@@ -49,6 +51,7 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
   const top = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
   const blobFile = (digest: string): string => join(layoutDir, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
   let cuts = 0;
+  const tokenUses = new Map<string, number>();
   let unavailable = 0;
 
   const serveBlob = (req: IncomingMessage, res: ServerResponse, digest: string): void => {
@@ -86,6 +89,15 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
         res.writeHead(401, { 'www-authenticate': 'Basic realm="fake"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED"}]}');
         return;
       }
+    }
+    if (b.bearer) {
+      const auth = req.headers.authorization ?? '';
+      const used = tokenUses.get(auth) ?? 0;
+      if (!auth.startsWith('Bearer ') || used >= b.bearer.maxUses) {
+        res.writeHead(401, { 'www-authenticate': `Bearer realm="${b.bearer.realm}",service="fake"`, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+        return;
+      }
+      tokenUses.set(auth, used + 1);
     }
     const manifest = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(path);
     if (manifest) {

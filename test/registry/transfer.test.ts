@@ -14,6 +14,7 @@ import { resetFailpoints } from '../../src/failpoints.ts';
 import { buildOciLayout, gzip, OCI_LAYER_GZIP, OCI_LAYER_TAR, pushLayout, simpleTar, type BuiltImage } from '../helpers/oci-image.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { startFakeRegistry, type FakeRegistry } from './fake-registry.ts';
+import { startTokenServer } from '../helpers/token-server.ts';
 import { insecureConf, writeAuthFile } from './util.ts';
 
 let tmp: string;
@@ -94,6 +95,32 @@ describe('blob transfer', () => {
     expect(err.kind).toBe('verification');
     expect(err.exitCode).toBe(4);
     expect(err.message).toContain(`expected ${img.manifestDigest}`);
+  });
+});
+
+describe('Bearer token refresh', () => {
+  it('fetches a new token once when the registry answers 401 to a cached one', async () => {
+    const ts = await startTokenServer({ dir: mkdtempSync(join(tmp, 'ts-')) });
+    try {
+      fake = await startFakeRegistry(img.layoutDir, 'v1', { bearer: { realm: ts.url, maxUses: 2 } });
+      await pullFrom(fake.host, 'ns/app:v1');
+      // Manifest, config and two layers at two uses per token: at least one refresh.
+      expect(ts.requests.length).toBeGreaterThanOrEqual(3);
+      expect(ts.requests.every((r) => r.scope === 'repository:ns/app:pull')).toBe(true);
+    } finally {
+      await ts.stop();
+    }
+  });
+
+  it('gives up with an auth error when a fresh token is refused too', async () => {
+    const ts = await startTokenServer({ dir: mkdtempSync(join(tmp, 'ts-')) });
+    try {
+      fake = await startFakeRegistry(img.layoutDir, 'v1', { bearer: { realm: ts.url, maxUses: 0 } });
+      await expect(pullFrom(fake.host, 'ns/app:v1')).rejects.toMatchObject({ kind: 'auth', exitCode: 3 });
+      expect(ts.requests).toHaveLength(1);
+    } finally {
+      await ts.stop();
+    }
   });
 });
 
