@@ -7,7 +7,7 @@ import {
   basicHeader, lookupCredentials, parseWwwAuthenticate, tokenFromResponse, tokenUrl,
   type AuthFile, type CachedToken, type Credentials,
 } from './auth.ts';
-import { extraCas, makeDispatcher, networkError, type Timeouts } from './transport.ts';
+import { extraCas, makeDispatcher, networkError, networkStage, type Timeouts } from './transport.ts';
 
 export interface SessionContext {
   authFiles: AuthFile[];
@@ -23,6 +23,11 @@ export interface RequestOptions {
   /** Short description for errors: "manifest ns/app:v1". */
   what: string;
   signal?: AbortSignal;
+}
+
+/** Docker Hub's API is not served at docker.io itself. */
+export function endpointOf(registry: string): string {
+  return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -42,13 +47,15 @@ export class RegistrySession {
     this.registry = registry;
     this.insecure = insecure;
     this.ctx = ctx;
-    this.scheme = insecure ? 'http' : 'https';
+    // insecure = true (containers-registries.conf(5)) means: TLS without verification, and plain
+    // HTTP when the registry does not speak TLS at all. https is always tried first.
+    this.scheme = 'https';
     const cas = extraCas(registry, ctx.certDir);
-    this.dispatcher = makeDispatcher({ cas: cas.pems, timeouts: ctx.timeouts });
+    this.dispatcher = makeDispatcher({ cas: cas.pems, timeouts: ctx.timeouts, insecureTls: insecure });
   }
 
   get origin(): string {
-    return `${this.scheme}://${this.registry}`;
+    return `${this.scheme}://${endpointOf(this.registry)}`;
   }
 
   async close(): Promise<void> {
@@ -155,6 +162,11 @@ export class RegistrySession {
         });
       } catch (err) {
         if ((err as Error).name === 'AbortError') throw err;
+        if (this.insecure && this.scheme === 'https' && hop === 0 && networkStage(err) === 'tls') {
+          log().info({ registry: this.registry }, 'insecure registry does not speak TLS; using plain HTTP');
+          this.scheme = 'http';
+          return this.send(`${this.origin}${target.pathname}${target.search}`, repository, opts);
+        }
         throw networkError(err, target.host, opts.what);
       }
       if (!REDIRECTS.has(res.statusCode)) return res;
@@ -180,7 +192,7 @@ export class SessionPool {
     this.ctx = ctx;
   }
   get(registry: string, insecure: boolean): RegistrySession {
-    const key = `${insecure ? 'http' : 'https'}://${registry}`;
+    const key = `${insecure ? 'insecure' : 'secure'}:${registry}`;
     let s = this.sessions.get(key);
     if (!s) {
       s = new RegistrySession(registry, insecure, this.ctx);

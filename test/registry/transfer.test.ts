@@ -105,7 +105,7 @@ describe('Bearer token refresh', () => {
       fake = await startFakeRegistry(img.layoutDir, 'v1', { bearer: { realm: ts.url, maxUses: 2 } });
       await pullFrom(fake.host, 'ns/app:v1');
       // Manifest, config and two layers at two uses per token: at least one refresh.
-      expect(ts.requests.length).toBeGreaterThanOrEqual(3);
+      expect(ts.requests.length).toBeGreaterThanOrEqual(2);
       expect(ts.requests.every((r) => r.scope === 'repository:ns/app:pull')).toBe(true);
     } finally {
       await ts.stop();
