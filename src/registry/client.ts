@@ -13,8 +13,8 @@ import {
   hostPlatform, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, parseManifest, parsePlatform, platformString, selectPlatform,
   type Descriptor, type Platform,
 } from './manifest.ts';
-import { loadRegistriesConf, sourcesFor, type Source } from './mirrors.ts';
-import { parseReference, refSuffix, type ImageReference } from './reference.ts';
+import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
+import { refSuffix, type ImageReference } from './reference.ts';
 import { SessionPool, type RegistrySession } from './session.ts';
 import { backoffDelay, DEFAULT_TIMEOUTS, sleep, type Timeouts } from './transport.ts';
 
@@ -164,13 +164,21 @@ async function readConfig(ctx: BlobContext, desc: Descriptor): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+function parseJson(bytes: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw new PivotError('registry', `${what} is not valid JSON`, { fix: 'rebuild or re-push the image', permanent: true });
+  }
+}
+
 /** Resolves the reference through registries.conf, fetches manifest and config. See index.ts. */
 export async function openImage(refText: string, opts: RegistryOptions = {}): Promise<OpenedImage> {
   const timeouts: Timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const deadline = Date.now() + timeouts.pullSeconds * 1000;
   const conf = loadRegistriesConf(opts.registriesConf ?? '/etc/containers/registries.conf', opts.registriesConf !== undefined);
-  const reference = parseReference(refText, { unqualifiedSearch: conf.unqualifiedSearch });
-  const plan = sourcesFor(reference, conf);
+  const plan = planReference(refText, conf);
+  let reference = plan.reference;
   const explicitPlatform = opts.platform !== undefined;
   const wanted = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
   const authSearch = authFileCandidates(opts.authfile);
@@ -188,6 +196,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       try {
         resolved = await resolveAt(pool.get(source.ref.registry, source.insecure), source, wanted, explicitPlatform, deadline);
         servedIndex = i;
+        reference = source.original;
         break;
       } catch (err) {
         lastError = err;
@@ -205,14 +214,17 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
   }
 
   const r = resolved;
-  const blobSources: BlobSource[] = plan.sources.slice(servedIndex).map((s) => ({
+  // Later sources for the same image only: a short name's other search registries hold other images.
+  const blobSources: BlobSource[] = plan.sources.slice(servedIndex).filter((s) => s.original === r.source.original).map((s) => ({
     session: pool.get(s.ref.registry, s.insecure), repository: s.ref.repository, name: s.name,
   }));
   const stats: BlobStats = { bytesFetched: 0, bytesResumed: 0, bytesFromCache: 0 };
   const ctx: BlobContext = { sources: blobSources, skipped, deadline, stats, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
   let configBytes: Buffer;
+  let config: unknown;
   try {
     configBytes = await readConfig(ctx, r.config);
+    config = parseJson(configBytes, `image config ${r.config.digest}`);
   } catch (err) {
     await pool.close();
     throw err;
@@ -226,7 +238,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
     manifest: JSON.parse(r.manifestBytes.toString('utf8')),
     manifestBytes: r.manifestBytes,
     manifestMediaType: r.manifestMediaType,
-    config: JSON.parse(configBytes.toString('utf8')),
+    config,
     configBytes,
     configDescriptor: strip(r.config),
     platform: r.platform,

@@ -5,7 +5,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { PivotError, isErrno } from '../errors.ts';
-import { makeReference, type ImageReference } from './reference.ts';
+import { makeReference, parseReference, type ImageReference } from './reference.ts';
 
 export type PullFromMirror = 'all' | 'digest-only' | 'tag-only';
 
@@ -40,6 +40,8 @@ export interface Source {
   name: string;
   insecure: boolean;
   role: 'mirror' | 'primary';
+  /** The reference as the user meant it (after qualifying a short name), before mirror rewriting. */
+  original: ImageReference;
 }
 
 export interface SourcePlan {
@@ -200,7 +202,7 @@ export function sourcesFor(ref: ImageReference, conf: Omit<RegistriesConf, 'file
     const len = prefixMatch(r.prefix, name);
     if (len > bestLen) { best = r; bestLen = len; }
   }
-  if (!best) return { sources: [{ ref, name, insecure: false, role: 'primary' }], skipped: [] };
+  if (!best) return { sources: [{ ref, name, insecure: false, role: 'primary', original: ref }], skipped: [] };
   if (best.blocked) {
     throw new PivotError('usage', `registry ${best.prefix} is blocked by registries.conf, so ${ref.toString()} cannot be pulled`, {
       field: 'registry.blocked',
@@ -216,9 +218,34 @@ export function sourcesFor(ref: ImageReference, conf: Omit<RegistriesConf, 'file
     const mname = `${mref.registry}/${mref.repository}`;
     if (m.pullFromMirror === 'digest-only' && !byDigest) skipped.push({ name: mname, reason: 'mirror is digest-only and the reference is by tag' });
     else if (m.pullFromMirror === 'tag-only' && byDigest) skipped.push({ name: mname, reason: 'mirror is tag-only and the reference is by digest' });
-    else sources.push({ ref: mref, name: mname, insecure: m.insecure, role: 'mirror' });
+    else sources.push({ ref: mref, name: mname, insecure: m.insecure, role: 'mirror', original: ref });
   }
   const pref = best.location ? rewrite(ref, best, best.location) : ref;
-  sources.push({ ref: pref, name: `${pref.registry}/${pref.repository}`, insecure: best.insecure, role: 'primary' });
+  sources.push({ ref: pref, name: `${pref.registry}/${pref.repository}`, insecure: best.insecure, role: 'primary', original: ref });
   return { sources, skipped, entry: best };
+}
+
+/**
+ * Pure: every source for a reference as typed. A short name is tried under each
+ * unqualified-search registry in order (a blocked one is skipped); a qualified one has one plan.
+ */
+export function planReference(text: string, conf: Omit<RegistriesConf, 'files'>): SourcePlan & { reference: ImageReference } {
+  const first = parseReference(text, { unqualifiedSearch: conf.unqualifiedSearch });
+  const qualified = parseReference(text, { unqualifiedSearch: ['\0'] }).registry !== '\0';
+  if (qualified || conf.unqualifiedSearch.length <= 1) return { ...sourcesFor(first, conf), reference: first };
+  const plan: SourcePlan = { sources: [], skipped: [] };
+  let firstBlock: unknown;
+  for (const registry of conf.unqualifiedSearch) {
+    const ref = parseReference(text, { unqualifiedSearch: [registry] });
+    try {
+      const p = sourcesFor(ref, conf);
+      plan.sources.push(...p.sources);
+      plan.skipped.push(...p.skipped);
+    } catch (err) {
+      firstBlock ??= err;
+      plan.skipped.push({ name: `${ref.registry}/${ref.repository}`, reason: 'blocked by registries.conf' });
+    }
+  }
+  if (plan.sources.length === 0) throw firstBlock;
+  return { ...plan, reference: first };
 }

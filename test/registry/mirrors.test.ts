@@ -84,6 +84,23 @@ describe('registries.conf mirrors', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
   });
 
+  it('a short name is tried under each unqualified-search registry in turn', async () => {
+    const down = await freePort();
+    const c = writeRegistriesConf(mkdtempSync(join(tmp, 'u-')), `unqualified-search-registries = ["127.0.0.1:${down}", "${primary.host}"]
+[[registry]]
+location = "127.0.0.1:${down}"
+insecure = true
+[[registry]]
+location = "${primary.host}"
+insecure = true
+`);
+    const r = runCli(['pull', 'ns/app:v1', '--oci-layout', out(), '--registries-conf', c, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(summary.image).toBe(`${primary.host}/ns/app:v1`);
+    expect(summary.manifestDigest).toBe(img.manifestDigest);
+  });
+
   it('uses registries.conf.d drop-ins (a later file replaces a prefix)', () => {
     const dir = mkdtempSync(join(tmp, 'd-'));
     const main = writeRegistriesConf(dir, `[[registry]]\nprefix = "${primary.host}"\nblocked = true\n`);

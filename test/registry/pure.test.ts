@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { PivotError } from '../../src/errors.ts';
 import { badIndexInComponent, parseReference } from '../../src/registry/reference.ts';
-import { mergeConfs, parseRegistriesToml, prefixMatch, sourcesFor } from '../../src/registry/mirrors.ts';
+import { mergeConfs, parseRegistriesToml, planReference, prefixMatch, sourcesFor } from '../../src/registry/mirrors.ts';
 import { type AuthFile, authFileCandidates, authKeysFor, lookupCredentials, normaliseAuthKey, parseWwwAuthenticate, tokenFromResponse, tokenUrl } from '../../src/registry/auth.ts';
 import { backoffDelay, networkStage, parseRetryAfter, rangeHeader, resumePlan } from '../../src/registry/transport.ts';
 import { parseManifest, selectPlatform, effectiveMediaType, DOCKER_SCHEMA1, OCI_INDEX } from '../../src/registry/manifest.ts';
@@ -119,6 +119,15 @@ blocked = true
     expect(() => sourcesFor(parseReference('a.blocked.io/x'), c)).toThrow(/blocked/);
     expect(sourcesFor(parseReference('unlisted.io/x'), c).sources).toHaveLength(1);
     expect(c.unqualifiedSearch).toEqual(['quay.io']);
+  });
+
+  it('short names are tried under each unqualified-search registry, skipping blocked ones', () => {
+    const u = conf('unqualified-search-registries = ["a.io", "b.io", "c.io"]\n[[registry]]\nprefix = "b.io"\nblocked = true\n');
+    const p = planReference('tools/x:1', u);
+    expect(p.sources.map((s) => s.ref.toString())).toEqual(['a.io/tools/x:1', 'c.io/tools/x:1']);
+    expect(p.skipped).toEqual([{ name: 'b.io/tools/x', reason: 'blocked by registries.conf' }]);
+    expect(planReference('q.io/tools/x', u).sources.map((s) => s.name)).toEqual(['q.io/tools/x']);
+    expect(() => planReference('x', conf('unqualified-search-registries = ["b.io", "d.io"]\n[[registry]]\nprefix = "b.io"\nblocked = true\n[[registry]]\nprefix = "d.io"\nblocked = true\n'))).toThrow(/blocked/);
   });
 
   it('drop-ins: later files replace same-prefix entries and the search list', () => {
