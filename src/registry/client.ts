@@ -16,7 +16,7 @@ import {
 import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
 import { refSuffix, type ImageReference } from './reference.ts';
 import { SessionPool, type RegistrySession } from './session.ts';
-import { backoffDelay, DEFAULT_TIMEOUTS, sleep, type Timeouts } from './transport.ts';
+import { backoffDelay, DEFAULT_TIMEOUTS, parseRetryAfter, sleep, type Timeouts } from './transport.ts';
 
 export interface RegistryOptions {
   authfile?: string;
@@ -84,10 +84,13 @@ export async function fetchManifest(session: RegistrySession, repository: string
   failpoint('registry.manifest');
   for (let attempt = 0; ; attempt++) {
     const res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what });
-    if (TRANSIENT.has(res.statusCode) && attempt < 3 && Date.now() < deadline) {
-      await res.body.dump();
-      await sleep(backoffDelay(attempt));
-      continue;
+    if (TRANSIENT.has(res.statusCode) && attempt < 3) {
+      const wait = parseRetryAfter(res.headers['retry-after']) ?? backoffDelay(attempt);
+      if (Date.now() + wait < deadline) {
+        await res.body.dump();
+        await sleep(wait);
+        continue;
+      }
     }
     if (res.statusCode !== 200) {
       const text = await readCapped(res.body, 64 * 1024, what).then((b) => b.toString(), () => '');

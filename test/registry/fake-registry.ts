@@ -20,6 +20,8 @@ export interface FakeBehaviour {
   cutAfter?: { bytes: number; times: number };
   /** Answer Range requests with the whole blob (200). */
   ignoreRange?: boolean;
+  /** Send this many bytes of the first blob GET, then go silent (the socket stays open). */
+  stallAfter?: number;
   /** The first N blob GETs get 503 with this Retry-After (seconds). */
   unavailable?: { times: number; retryAfter: string };
 }
@@ -51,6 +53,7 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
   const top = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
   const blobFile = (digest: string): string => join(layoutDir, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
   let cuts = 0;
+  let stalled = false;
   const tokenUses = new Map<string, number>();
   let unavailable = 0;
 
@@ -66,6 +69,11 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
       res.writeHead(206, { 'content-length': body.length, 'content-range': `bytes ${start}-${size - 1}/${size}`, 'content-type': 'application/octet-stream' });
     } else {
       res.writeHead(200, { 'content-length': size, 'content-type': 'application/octet-stream' });
+    }
+    if (b.stallAfter !== undefined && !stalled && body.length > b.stallAfter) {
+      stalled = true;
+      res.write(body.subarray(0, b.stallAfter));
+      return;
     }
     if (b.cutAfter && cuts < b.cutAfter.times && body.length > b.cutAfter.bytes) {
       cuts++;

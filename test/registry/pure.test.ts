@@ -8,6 +8,7 @@ import { type AuthFile, authFileCandidates, authKeysFor, lookupCredentials, norm
 import { backoffDelay, networkStage, parseRetryAfter, rangeHeader, resumePlan } from '../../src/registry/transport.ts';
 import { parseManifest, selectPlatform, effectiveMediaType, DOCKER_SCHEMA1, OCI_INDEX } from '../../src/registry/manifest.ts';
 import { parse as parseToml } from 'smol-toml';
+import { mapLimit } from '../../src/registry/blobs.ts';
 
 const D = 'sha256:' + '0'.repeat(64);
 
@@ -251,5 +252,24 @@ describe('manifests and platforms', () => {
   ])('selects %j', (p, i) => expect(selectPlatform(index, p, 'x', true)).toBe(index[i]));
   it('lists available platforms on no match', () => {
     expect(() => selectPlatform(index, { os: 'linux', architecture: 'arm', variant: 'v6' }, 'idx', true)).toThrow('idx has no image for linux/arm/v6; available: linux/amd64, linux/arm64, linux/arm/v7');
+  });
+});
+
+describe('mapLimit', () => {
+  it('keeps at most N in flight, keeps order, and fails fast', async () => {
+    let inFlight = 0;
+    let peak = 0;
+    const out = await mapLimit([5, 1, 3, 2, 4, 1], 3, async (x) => {
+      inFlight++;
+      peak = Math.max(peak, inFlight);
+      await new Promise((r) => setTimeout(r, x * 5));
+      inFlight--;
+      return x * 10;
+    });
+    expect(out).toEqual([50, 10, 30, 20, 40, 10]);
+    expect(peak).toBe(3);
+    let started = 0;
+    await expect(mapLimit([1, 2, 3, 4, 5, 6], 2, async (x) => { started++; if (x === 2) throw new Error('boom'); await new Promise((r) => setTimeout(r, 20)); })).rejects.toThrow('boom');
+    expect(started).toBeLessThan(6);
   });
 });

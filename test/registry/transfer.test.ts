@@ -6,12 +6,14 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openImage, writeOciLayout } from '../../src/registry/index.ts';
 import { PivotError } from '../../src/errors.ts';
 import { createLogger, setLogger } from '../../src/log.ts';
 import { resetFailpoints } from '../../src/failpoints.ts';
-import { buildOciLayout, gzip, OCI_LAYER_GZIP, OCI_LAYER_TAR, pushLayout, simpleTar, type BuiltImage } from '../helpers/oci-image.ts';
+import { buildOciLayout, gzip, OCI_LAYER_GZIP, OCI_LAYER_TAR, pushLayout, registryBlobPath, simpleTar, type BuiltImage } from '../helpers/oci-image.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { startFakeRegistry, type FakeRegistry } from './fake-registry.ts';
 import { startTokenServer } from '../helpers/token-server.ts';
@@ -86,6 +88,22 @@ describe('blob transfer', () => {
     const t0 = Date.now();
     await pullFrom(fake.host, 'ns/app:v1');
     expect(Date.now() - t0).toBeGreaterThanOrEqual(950);
+  });
+
+  it('treats a stalled body as a broken connection after readSeconds and resumes', async () => {
+    fake = await startFakeRegistry(img.layoutDir, 'v1', { stallAfter: 150_000 });
+    const { stats } = await pullFrom(fake.host, 'ns/app:v1', { timeouts: { pullSeconds: 60, readSeconds: 1 } });
+    expect(stats.bytesResumed).toBe(150_000);
+    expect(fake.seen.some((s) => s.range === 'bytes=150000-')).toBe(true);
+  });
+
+  it('gives up within the pull time budget when Retry-After asks for longer', async () => {
+    fake = await startFakeRegistry(img.layoutDir, 'v1', { unavailable: { times: 100, retryAfter: '30' } });
+    const t0 = Date.now();
+    await expect(pullFrom(fake.host, 'ns/app:v1', { timeouts: { pullSeconds: 2 } })).rejects.toMatchObject({
+      kind: 'network', message: expect.stringMatching(/pull time budget ran out/),
+    });
+    expect(Date.now() - t0).toBeLessThan(5_000);
   });
 
   it('fails with verification when the manifest does not match the digest asked for', async () => {
@@ -176,6 +194,26 @@ describe('against docker-registry', () => {
       expect(again.stats().bytesFetched).toBe(again.configDescriptor.size + big.size - half);
     } finally {
       await again.close();
+    }
+  });
+
+  it('openBlob streams fail with verification at the end when the bytes are corrupt', async () => {
+    const one = await buildOciLayout(join(tmp, 'ob'), { tag: 'c', layers: [{ data: await gzip(await simpleTar({ f: randomBytes(50_000) })), mediaType: OCI_LAYER_GZIP }] });
+    await pushLayout(one.layoutDir, 'c', reg.host, 'ns/ob');
+    const path = registryBlobPath(reg.storageDir, one.layers[0]!.digest);
+    const bytes = readFileSync(path);
+    bytes.writeUInt8(bytes.readUInt8(100) ^ 1, 100);
+    writeFileSync(path, bytes);
+    const image = await openImage(`${reg.host}/ns/ob:c`, { registriesConf: insecureConf(mkdtempSync(join(tmp, 'c-')), [reg.host]) });
+    try {
+      let seen = 0;
+      const sink = new Writable({ write(c: Buffer, _e, cb) { seen += c.length; cb(); } });
+      const err = await pipeline(await image.openBlob(image.layers[0]!), sink).catch((e: unknown) => e) as PivotError;
+      expect(err).toMatchObject({ kind: 'verification', exitCode: 4 });
+      expect(err.message).toContain(`blob ${one.layers[0]!.digest}`);
+      expect(seen).toBe(one.layers[0]!.size);
+    } finally {
+      await image.close();
     }
   });
 
