@@ -1,10 +1,11 @@
 // The agent's own config file. Installers write it through Ignition; a typo there must stop the
 // pivot with the file, the field and what was expected, never be silently ignored.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { z } from 'zod';
 import { PivotError, isErrno } from './errors.ts';
 
 export const DEFAULT_CONFIG_PATH = '/etc/node-image-pivot/config.json';
+export const DEFAULT_REGISTRIES_CONF = '/etc/containers/registries.conf';
 
 const absolutePath = z.string().min(1).refine((p) => p.startsWith('/'), { message: 'must be an absolute path' });
 const unitName = z
@@ -41,7 +42,7 @@ export const configSchema = z
     releaseImage: z.string().min(1).optional(),
     component: z.string().min(1).default('rhel-coreos'),
     authfile: absolutePath.optional(),
-    registriesConf: absolutePath.default('/etc/containers/registries.conf'),
+    registriesConf: absolutePath.default(DEFAULT_REGISTRIES_CONF),
     certDir: absolutePath.optional(),
     platform: z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, { message: 'must be OS/ARCH[/VARIANT], e.g. linux/amd64' }).optional(),
     stagingDir: absolutePath.default('/run/node-image-pivot/staging'),
@@ -104,8 +105,17 @@ export function parseConfig(value: unknown, source: string): Config {
 export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
   let text: string;
   try {
+    // A FIFO or a device would block the read (or never end); only a regular file is a config.
+    const st = statSync(path);
+    if (!st.isFile()) {
+      throw new PivotError('config', `config ${path} is not a regular file (it is a ${st.isDirectory() ? 'directory' : st.isFIFO() ? 'FIFO' : 'special file'})`, {
+        path,
+        fix: `write the config as a regular file at ${path} or pass --config FILE`,
+      });
+    }
     text = readFileSync(path, 'utf8');
   } catch (err) {
+    if (err instanceof PivotError) throw err;
     if (isErrno(err, 'ENOENT')) {
       throw new PivotError('config', `config file ${path} does not exist`, {
         path,
@@ -128,4 +138,35 @@ export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
     });
   }
   return parseConfig(json, path);
+}
+
+/** Config fields that name files or images; the registry code reports them by path or text. */
+const REFERENCE_FIELDS = ['authfile', 'registriesConf', 'certDir'] as const;
+
+/**
+ * The registry client's usage/config errors speak of CLI flags (--authfile) and raw references;
+ * under `run` the operator must hear which config field to correct. Other errors pass through.
+ */
+export function inConfigTerms(err: unknown, cfg: Config, source = 'the config'): unknown {
+  if (!(err instanceof PivotError) || (err.kind !== 'usage' && err.kind !== 'config')) return err;
+  const reference = /^invalid image reference /.test(err.message);
+  if (err.field !== undefined && !reference) return err;
+  let field: string | undefined;
+  for (const f of REFERENCE_FIELDS) {
+    const value = cfg[f];
+    if (value !== undefined && err.path !== undefined && (err.path === value || err.path.startsWith(`${value}/`))) field = f;
+  }
+  // A release image's own component pullspec is not in the config; only the configured one is.
+  if (!field && reference) {
+    const text = (err.facts as { reference?: unknown }).reference;
+    field = text === cfg.image ? 'image' : text === cfg.releaseImage ? 'releaseImage' : undefined;
+  }
+  if (!field) return err;
+  return new PivotError('config', `${field}: ${err.message}`, {
+    field,
+    ...(err.path !== undefined ? { path: err.path } : {}),
+    fix: `correct ${field} in ${source}`,
+    facts: err.facts,
+    cause: err,
+  });
 }

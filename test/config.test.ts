@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { mkdtempSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, parseConfig, fieldPath } from '../src/config.ts';
+import { execFileSync } from 'node:child_process';
+import { inConfigTerms, loadConfig, parseConfig, fieldPath } from '../src/config.ts';
 import { PivotError } from '../src/errors.ts';
 
 function errorOf(fn: () => unknown): PivotError {
@@ -60,7 +61,10 @@ describe('config', () => {
     expect(e.message).toMatch(/not valid JSON/);
     expect(e.path).toBe(bad);
     const dirAsFile = join(dir);
-    expect(errorOf(() => loadConfig(dirAsFile)).message).toMatch(/cannot read config/);
+    expect(errorOf(() => loadConfig(dirAsFile)).message).toMatch(/is not a regular file \(it is a directory\)/);
+    // A FIFO would block the read forever; it is refused without opening it.
+    execFileSync('mkfifo', [join(dir, 'fifo.json')]);
+    expect(errorOf(() => loadConfig(join(dir, 'fifo.json'))).message).toMatch(/is not a regular file \(it is a FIFO\)/);
     const ok = join(dir, 'ok.json');
     writeFileSync(ok, JSON.stringify({ releaseImage: 'quay.io/r/release:4.20', component: 'rhel-coreos' }));
     chmodSync(ok, 0o600);
@@ -71,5 +75,24 @@ describe('config', () => {
     expect(fieldPath(['limits', 'maxEntries'])).toBe('limits.maxEntries');
     expect(fieldPath(['preserve', 2])).toBe('preserve[2]');
     expect(fieldPath([])).toBe('(top level)');
+  });
+});
+
+describe('inConfigTerms', () => {
+  const cfg = parseConfig({ releaseImage: 'quay.io/r/Release:1', authfile: '/a/auth.json', certDir: '/c' }, 'f');
+  it('names the config field for reference and file errors from the registry client', () => {
+    const ref = new PivotError('usage', 'invalid image reference "quay.io/r/Release:1": uppercase', { field: 'image', fix: 'x', facts: { reference: 'quay.io/r/Release:1' } });
+    const mapped = inConfigTerms(ref, cfg) as PivotError;
+    expect([mapped.kind, mapped.field, mapped.exitCode]).toEqual(['config', 'releaseImage', 2]);
+    expect(mapped.oneLine()).toContain('field releaseImage');
+    const file = new PivotError('config', 'auth file /a/auth.json cannot be read: ENOENT', { path: '/a/auth.json', fix: 'pass --authfile' });
+    expect((inConfigTerms(file, cfg) as PivotError).field).toBe('authfile');
+    expect((inConfigTerms(new PivotError('config', 'x', { path: '/c/ca.crt', fix: 'y' }), cfg) as PivotError).field).toBe('certDir');
+  });
+  it('leaves other errors alone', () => {
+    const net = new PivotError('network', 'down', { fix: 'retry' });
+    expect(inConfigTerms(net, cfg)).toBe(net);
+    const other = new PivotError('config', 'unrelated', { path: '/elsewhere', fix: 'y' });
+    expect(inConfigTerms(other, cfg)).toBe(other);
   });
 });
