@@ -3,7 +3,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { Config } from './config.ts';
+import { DEFAULT_REGISTRIES_CONF, inConfigTerms, type Config } from './config.ts';
 import { PivotError } from './errors.ts';
 import { log } from './log.ts';
 import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } from './pivot.ts';
@@ -32,7 +32,8 @@ export function hostPaths(cfg: Config): HostPaths {
 function registryOptions(cfg: Config): RegistryOptions {
   return {
     ...(cfg.authfile ? { authfile: cfg.authfile } : {}),
-    registriesConf: cfg.registriesConf,
+    // containers-registries.conf(5): a missing default file means no mirrors, not an error.
+    ...(cfg.registriesConf !== DEFAULT_REGISTRIES_CONF || existsSync(cfg.registriesConf) ? { registriesConf: cfg.registriesConf } : {}),
     ...(cfg.certDir ? { certDir: cfg.certDir } : {}),
     ...(cfg.platform ? { platform: cfg.platform } : {}),
     concurrency: cfg.concurrency,
@@ -73,7 +74,7 @@ async function unitPath(mgr: SystemdManager, unit: string): Promise<string> {
 export function realCapabilities(): PivotCapabilities {
   let pinned: string | undefined;
 
-  return {
+  const caps: PivotCapabilities = {
     stagedPath: (cfg, digest) => join(cfg.stagingDir, hex(digest)),
 
     async recoverEtc() {
@@ -204,4 +205,9 @@ export function realCapabilities(): PivotCapabilities {
       });
     },
   };
+  // Reference and file errors from the registry client name CLI flags; under run they must name
+  // the config field.
+  const resolveRaw = caps.resolve.bind(caps);
+  caps.resolve = (cfg) => resolveRaw(cfg).catch((err: unknown) => { throw inConfigTerms(err, cfg); });
+  return caps;
 }
