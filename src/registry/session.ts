@@ -50,8 +50,8 @@ export class RegistrySession {
     // insecure = true (containers-registries.conf(5)) means: TLS without verification, and plain
     // HTTP when the registry does not speak TLS at all. https is always tried first.
     this.scheme = 'https';
-    const cas = extraCas(registry, ctx.certDir);
-    this.dispatcher = makeDispatcher({ cas: cas.pems, timeouts: ctx.timeouts, insecureTls: insecure });
+    const certs = extraCas(registry, ctx.certDir);
+    this.dispatcher = makeDispatcher({ cas: certs.pems, ...(certs.client ? { client: certs.client } : {}), timeouts: ctx.timeouts, insecureTls: insecure });
   }
 
   get origin(): string {
@@ -167,7 +167,7 @@ export class RegistrySession {
           this.scheme = 'http';
           return this.send(`${this.origin}${target.pathname}${target.search}`, repository, opts);
         }
-        throw networkError(err, target.host, opts.what);
+        throw networkError(err, target.host, opts.what, target.protocol === 'https:');
       }
       if (!REDIRECTS.has(res.statusCode)) return res;
       await res.body.dump();

@@ -16,12 +16,20 @@ export interface Timeouts {
 }
 export const DEFAULT_TIMEOUTS: Timeouts = { pullSeconds: 3600, readSeconds: 60, connectSeconds: 30 };
 
-/** CA PEMs for one registry: --cert-dir when given, else certs.d/HOST[:PORT]/*.crt. */
-export function extraCas(registry: string, certDir: string | undefined, certsD = DEFAULT_CERTS_D): { files: string[]; pems: string[] } {
+export interface CertDirContents {
+  /** Extra CA PEMs (*.crt). */
+  pems: string[];
+  files: string[];
+  /** A client certificate for mutual TLS (NAME.cert with NAME.key), per containers-certs.d(5). */
+  client?: { cert: string; key: string; file: string };
+}
+
+/** TLS material for one registry: --cert-dir when given, else certs.d/HOST[:PORT]/. */
+export function extraCas(registry: string, certDir: string | undefined, certsD = DEFAULT_CERTS_D): CertDirContents {
   const dir = certDir ?? join(certsD, registry);
   let names: string[];
   try {
-    names = readdirSync(dir).filter((n) => n.endsWith('.crt')).sort();
+    names = readdirSync(dir).sort();
   } catch (err) {
     if (isErrno(err, 'ENOENT', 'ENOTDIR') && certDir === undefined) return { files: [], pems: [] };
     throw new PivotError('config', `certificate directory ${dir} cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
@@ -29,8 +37,20 @@ export function extraCas(registry: string, certDir: string | undefined, certsD =
       fix: 'pass a readable directory of *.crt CA files to --cert-dir',
     });
   }
-  const files = names.map((n) => join(dir, n));
-  return { files, pems: files.map((f) => readFileSync(f, 'utf8')) };
+  const files = names.filter((n) => n.endsWith('.crt')).map((n) => join(dir, n));
+  const out: CertDirContents = { files, pems: files.map((f) => readFileSync(f, 'utf8')) };
+  const certName = names.find((n) => n.endsWith('.cert'));
+  if (certName) {
+    const keyName = `${certName.slice(0, -'.cert'.length)}.key`;
+    if (!names.includes(keyName)) {
+      throw new PivotError('config', `client certificate ${join(dir, certName)} has no matching ${keyName}`, {
+        path: join(dir, certName),
+        fix: `put the private key next to it as ${join(dir, keyName)}, or remove the .cert file`,
+      });
+    }
+    out.client = { cert: readFileSync(join(dir, certName), 'utf8'), key: readFileSync(join(dir, keyName), 'utf8'), file: join(dir, certName) };
+  }
+  return out;
 }
 
 /** First non-empty of the lowercase and uppercase spellings (an empty one must not hide the other). */
@@ -38,9 +58,10 @@ const envOf = (env: NodeJS.ProcessEnv, name: string): string | undefined =>
   env[name.toLowerCase()] || env[name.toUpperCase()] || undefined;
 
 /** A dispatcher for one registry host. Redirects are never followed here (see session.ts). */
-export function makeDispatcher(opts: { cas: string[]; timeouts: Timeouts; insecureTls?: boolean; env?: NodeJS.ProcessEnv }): Dispatcher {
+export function makeDispatcher(opts: { cas: string[]; client?: { cert: string; key: string }; timeouts: Timeouts; insecureTls?: boolean; env?: NodeJS.ProcessEnv }): Dispatcher {
   const tlsOpts = {
     ...(opts.cas.length ? { ca: [...rootCertificates, ...opts.cas] } : {}),
+    ...(opts.client ? { cert: opts.client.cert, key: opts.client.key } : {}),
     ...(opts.insecureTls ? { rejectUnauthorized: false } : {}),
   };
   const common = {
@@ -96,7 +117,7 @@ export function isNetworkError(err: unknown): boolean {
 }
 
 /** A PivotError naming the host and whether DNS, connect, TLS or the transfer failed. */
-export function networkError(err: unknown, host: string, what: string): PivotError {
+export function networkError(err: unknown, host: string, what: string, overTls = false): PivotError {
   if (err instanceof PivotError) return err;
   const stage = networkStage(err);
   const code = errCode(err) ?? 'unknown';
@@ -105,7 +126,9 @@ export function networkError(err: unknown, host: string, what: string): PivotErr
     dns: [`DNS lookup of ${host.replace(/:\d+$/, '')} failed (${detail})`, 'check the registry host name and the node\'s DNS servers'],
     connect: [`connect to ${host} failed (${detail})`, 'check that the registry is up and reachable (routes, firewall, HTTP(S)_PROXY/NO_PROXY)'],
     tls: [`TLS handshake with ${host} failed (${detail})`, `add the registry's CA to /etc/containers/certs.d/${host}/ca.crt or pass --cert-dir`],
-    transfer: [`transfer from ${host} failed (${detail})`, 'check the network path to the registry and retry'],
+    transfer: [`transfer from ${host} failed (${detail})`, overTls && code === 'UND_ERR_SOCKET'
+      ? `check the network path; if the registry wants a client certificate, put NAME.cert and NAME.key in /etc/containers/certs.d/${host}/ or --cert-dir`
+      : 'check the network path to the registry and retry'],
   };
   const [msg, fix] = text[stage];
   return new PivotError('network', `${msg} while fetching ${what}`, { fix, facts: { host, stage, code }, cause: err });

@@ -158,6 +158,8 @@ export interface PushOptions {
   password?: string;
   /** CA for a TLS registry; https is used when given. */
   caFile?: string;
+  /** Client certificate and key files for a registry that wants mutual TLS. */
+  clientCert?: { cert: string; key: string };
 }
 
 /** Minimal client for pushing: handles Basic and Bearer challenges for pull,push scope. */
@@ -172,7 +174,10 @@ export class PushClient {
     this.base = `${opts.caFile ? 'https' : 'http'}://${host}`;
     this.repo = repo;
     this.opts = opts;
-    this.dispatcher = new Agent({ connect: opts.caFile ? { ca: readFileSync(opts.caFile, 'utf8') } : {} });
+    this.dispatcher = new Agent({ connect: {
+      ...(opts.caFile ? { ca: readFileSync(opts.caFile, 'utf8') } : {}),
+      ...(opts.clientCert ? { cert: readFileSync(opts.clientCert.cert, 'utf8'), key: readFileSync(opts.clientCert.key, 'utf8') } : {}),
+    } });
   }
 
   async close(): Promise<void> { await this.dispatcher.close(); }

@@ -28,6 +28,8 @@ export interface StartRegistryOptions {
   tokenAuth?: TokenAuthConfig;
   /** Share a storage directory with another instance (e.g. push to an open one, serve with auth). */
   storageDir?: string;
+  /** Require client certificates signed by this CA file (mutual TLS; needs tls). */
+  clientCa?: string;
   /** A fixed port, e.g. to bring a registry back where a machine expects it. */
   port?: number;
 }
@@ -85,6 +87,18 @@ export function issueServerCert(ca: TestCa, dir: string, name = 'server'): { cer
   return { cert, key };
 }
 
+/** A client certificate (clientAuth) signed by `ca`, for mutual TLS. */
+export function issueClientCert(ca: TestCa, dir: string, name = 'client'): { cert: string; key: string } {
+  const key = join(dir, `${name}.key`);
+  const csr = join(dir, `${name}.csr`);
+  const cert = join(dir, `${name}.cert`);
+  const ext = join(dir, `${name}.ext`);
+  writeFileSync(ext, 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');
+  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`], dir);
+  openssl(['x509', '-req', '-in', csr, '-CA', ca.caFile, '-CAkey', ca.caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext], dir);
+  return { cert, key };
+}
+
 /** A self-signed certificate + key for signing registry tokens (the registry's rootcertbundle). */
 export function makeTokenSigner(dir: string): { certFile: string; keyFile: string } {
   const keyFile = join(dir, 'token-signer.key');
@@ -103,6 +117,7 @@ function configYaml(port: number, storage: string, opts: StartRegistryOptions, f
   ];
   if (files.cert && files.key) {
     lines.push('  tls:', `    certificate: ${JSON.stringify(files.cert)}`, `    key: ${JSON.stringify(files.key)}`);
+    if (opts.clientCa) lines.push('    clientcas:', `      - ${JSON.stringify(opts.clientCa)}`);
   }
   if (files.htpasswd) {
     lines.push('auth:', '  htpasswd:', '    realm: test-realm', `    path: ${JSON.stringify(files.htpasswd)}`);
@@ -124,7 +139,9 @@ async function waitReady(url: string, caFile: string | undefined, child: ChildPr
         const res = await request(`${url}/v2/`, { dispatcher });
         await res.body.dump();
         return;
-      } catch {
+      } catch (e) {
+        // Anything but a refused connection means it is listening (mutual TLS fails the handshake).
+        if ((e as NodeJS.ErrnoException).code !== 'ECONNREFUSED') return;
         await new Promise((r) => setTimeout(r, 50));
       }
     }

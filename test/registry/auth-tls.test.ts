@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildOciLayout, gzip, OCI_LAYER_GZIP, pushLayout, simpleTar, type BuiltImage } from '../helpers/oci-image.ts';
-import { freePort, startRegistry, type RunningRegistry } from '../helpers/registry.ts';
+import { freePort, issueClientCert, makeCa, startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { startTokenServer, type RunningTokenServer } from '../helpers/token-server.ts';
 import { startConnectProxy, type RunningProxy } from '../helpers/connect-proxy.ts';
 import { insecureConf, runCliAsync, writeAuthFile, writeRegistriesConf } from './util.ts';
@@ -84,6 +84,32 @@ describe('Basic auth over TLS', () => {
       expect(proxy.targets.length).toBe(before);
     } finally {
       await proxy.stop();
+    }
+  });
+});
+
+describe('mutual TLS', () => {
+  it('presents the client certificate from the cert dir (NAME.cert + NAME.key), and fails TLS without it', async () => {
+    const dir = mkdtempSync(join(tmp, 'mtls-'));
+    const clientCa = makeCa(dir, 'client-ca');
+    const reg = await startRegistry({ tls: true, clientCa: clientCa.caFile });
+    try {
+      const certDir = join(dir, 'certs');
+      mkdirSync(certDir);
+      copyFileSync(reg.caFile!, join(certDir, 'ca.crt'));
+      const client = issueClientCert(clientCa, dir);
+      await pushLayout(img.layoutDir, 'v1', reg.host, 'ns/app', { caFile: reg.caFile!, clientCert: client });
+      const bare = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir], noProxy);
+      expect(bare.code).toBe(3);
+      // TLS 1.3 rejects the missing certificate after the client's side of the handshake.
+      expect(bare.errorLine).toMatch(/^network: (TLS handshake with|transfer from) 127\.0\.0\.1:\d+ failed.*client certificate/);
+      copyFileSync(client.cert, join(certDir, 'client.cert'));
+      copyFileSync(client.key, join(certDir, 'client.key'));
+      const r = await runCliAsync(['pull', `${reg.host}/ns/app:v1`, '--oci-layout', out(), '--registries-conf', emptyConf, '--cert-dir', certDir, '--json'], noProxy);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).manifestDigest).toBe(img.manifestDigest);
+    } finally {
+      await reg.stop();
     }
   });
 });
