@@ -1,7 +1,7 @@
 // pull IMAGE --dest DIR: the registry client's verified blob streams, straight into the unpacker.
 // The tree is built in DIR.partial and renamed to DIR only once every layer is in and verified,
 // so a failed or killed pull never leaves a plausible-looking DIR behind.
-import { existsSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { PivotError } from '../errors.ts';
@@ -28,7 +28,23 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
   const partial = `${dir}.partial`;
   // A leftover from an interrupted pull is ours by name and incomplete by definition.
   rmSync(partial, { recursive: true, force: true });
-  const image = await openImage(ref, registry);
+  // Before any download: an unwritable or full staging directory is a clear unpack error, not
+  // a raw errno from deep inside the unpacker.
+  try {
+    mkdirSync(partial, { recursive: true, mode: 0o755 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new PivotError('unpack', `cannot create the staging directory ${partial}: ${code}`, {
+      path: partial,
+      fix: 'make its parent directory writable by root (and not read-only), or choose another --dest / stagingDir',
+      facts: { code },
+      cause: err,
+    });
+  }
+  const image = await openImage(ref, registry).catch((err: unknown) => {
+    rmSync(partial, { recursive: true, force: true });
+    throw err;
+  });
   const inFlight: Verifiable[] = [];
   try {
     const layers: LayerSource[] = image.layers.map((l) => {
