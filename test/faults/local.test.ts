@@ -1,0 +1,140 @@
+// Local faults, through the real CLI: ENOSPC while staging (a small tmpfs in a private mount
+// namespace), EACCES on the staging directory (as nobody: root bypasses permission bits), and
+// kill -9 at chosen /etc apply actions (failpoint etc.apply.action:kill@k) followed by a rerun.
+// Each ends in one clear line with the right exit code and nothing left in place, or converges.
+import { randomBytes } from 'node:crypto';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { buildOciLayout, gzip, OCI_LAYER_GZIP, OCI_LAYER_TAR, pushLayout, simpleTar } from '../helpers/oci-image.ts';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
+import { materialize, realistic, snapshot } from '../etc/helpers.ts';
+import { runCli } from './cli.ts';
+import { faultCase } from './table.ts';
+
+const CAT = 'local';
+let tmp: string;
+let reg: RunningRegistry;
+let conf: string;
+
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'nip-faults-local-'));
+  chmodSync(tmp, 0o755);
+  const img = await buildOciLayout(join(tmp, 'src'), {
+    tag: 'v1',
+    layers: [
+      { data: await simpleTar({ 'usr/': '', 'usr/big': randomBytes(2_000_000) }), mediaType: OCI_LAYER_TAR },
+      { data: await gzip(await simpleTar({ 'usr/etc/': '', 'usr/etc/os-release': 'ID=local\n' })), mediaType: OCI_LAYER_GZIP },
+    ],
+  });
+  reg = await startRegistry();
+  await pushLayout(img.layoutDir, 'v1', reg.host, 'ns/app');
+  conf = join(tmp, 'registries.conf');
+  writeFileSync(conf, `[[registry]]\nlocation = "${reg.host}"\ninsecure = true\n`);
+  chmodSync(conf, 0o644);
+});
+afterAll(async () => {
+  await reg?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('staging faults (pull --dest)', () => {
+  faultCase(CAT, 'ENOSPC: staging on a 1 MiB tmpfs, image needs 2 MB', 'exit 5 naming the entry and ENOSPC; no DIR, no DIR.partial', async () => {
+    const mnt = join(tmp, 'small');
+    mkdirSync(mnt);
+    const out = join(mnt, 'out');
+    // Everything happens inside the namespace; the listing shows what the failed pull left.
+    const script = 'mount -t tmpfs -o size=1m none "$1" && shift && "$@"; rc=$?; ls -A "$MNT"; exit $rc';
+    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--dest', out, '--registries-conf', conf], {
+      argv0: ['env', `MNT=${mnt}`, 'unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh', mnt, process.execPath],
+    });
+    expect(r.code).toBe(5);
+    expect(r.errorLine).toMatch(/cannot write "usr\/big": ENOSPC/);
+    expect(r.errorLine).toMatch(/Fix: free space/);
+    expect(r.stdout.trim()).toBe('');
+    expect(readdirSync(mnt)).toEqual([]);
+    return `exit ${r.code}: ${r.errorLine.replace(/layer \d\/\d sha256:[0-9a-f]{64}: /, '').slice(0, 100)}; tmpfs left empty`;
+  });
+
+  faultCase(CAT, 'EACCES: staging parent not writable (run as nobody)', 'exit 5 naming the directory and EACCES; nothing left', async () => {
+    const parent = join(tmp, 'root-only');
+    mkdirSync(parent, { mode: 0o755 });
+    const out = join(parent, 'out');
+    // nobody cannot read root's default auth files; an explicit empty one stands in.
+    const auth = join(tmp, 'auth.json');
+    writeFileSync(auth, '{"auths":{}}');
+    chmodSync(auth, 0o644);
+    const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--dest', out, '--registries-conf', conf, '--authfile', auth], {
+      argv0: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath],
+      env: { HOME: '/nonexistent' },
+    });
+    expect(r.code).toBe(5);
+    expect(r.errorLine).toMatch(/EACCES/);
+    expect(r.errorLine).toContain(`${out}.partial`);
+    expect(readdirSync(parent)).toEqual([]);
+    return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
+  });
+
+  faultCase(CAT, 'kill -9 mid-pull (failpoint registry.blob.chunk:kill@20), then rerun', 'killed; rerun removes the stale DIR.partial and completes', async () => {
+    const out = join(tmp, 'killed');
+    const args = ['pull', `${reg.host}/ns/app:v1`, '--dest', out, '--registries-conf', conf];
+    const first = await runCli(args, { env: { NODE_IMAGE_PIVOT_FAILPOINTS: 'registry.blob.chunk:kill@20' } });
+    expect(first.signal).toBe('SIGKILL');
+    expect(existsSync(out)).toBe(false);
+    const second = await runCli(args);
+    expect(second.code, second.stderr).toBe(0);
+    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(readdirSync(join(out, 'usr')).sort()).toEqual(['big', 'etc']);
+    return `first: ${first.signal}, ${existsSync(`${out}.partial`) ? 'partial kept' : 'no DIR'}; rerun exit 0, tree complete`;
+  });
+});
+
+describe('/etc apply killed at action k (etc-merge CLI), then rerun', () => {
+  let fixture: string;
+  let merged: ReturnType<typeof snapshot>;
+  let old: ReturnType<typeof snapshot>;
+  let actions = 0;
+  const setUp = (name: string): { base: string; current: string; next: string } => {
+    const dir = join(tmp, name);
+    cpSync(fixture, dir, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+    return { base: join(dir, 'base'), current: join(dir, 'current'), next: join(dir, 'next') };
+  };
+  const mergeArgs = (p: { base: string; current: string; next: string }): string[] => ['etc-merge', '--base', p.base, '--current', p.current, '--new', p.next, '--json'];
+
+  beforeAll(async () => {
+    fixture = join(tmp, 'etc-fixture');
+    const trees = realistic();
+    for (const [k, spec] of Object.entries({ base: trees.base, current: trees.current, next: trees.next })) {
+      mkdirSync(join(fixture, k), { recursive: true });
+      materialize(join(fixture, k), spec);
+    }
+    old = snapshot(join(fixture, 'current'));
+    const ref = setUp('etc-reference');
+    const r = await runCli(mergeArgs(ref));
+    expect(r.code, r.stderr).toBe(0);
+    actions = (JSON.parse(r.stdout) as { result: { applied: number } }).result.applied;
+    expect(actions).toBeGreaterThan(3);
+    merged = snapshot(ref.current);
+  });
+
+  const same = (a: ReturnType<typeof snapshot>, b: ReturnType<typeof snapshot>): boolean => JSON.stringify([...a]) === JSON.stringify([...b]);
+
+  for (const which of ['first', 'middle', 'last'] as const) {
+    faultCase(CAT, `kill -9 at the ${which} /etc action (etc.apply.action:kill@k)`, '/etc old or merged after the kill; rerun gives merged byte-for-byte', async () => {
+      const k = which === 'first' ? 1 : which === 'middle' ? Math.ceil(actions / 2) : actions;
+      const p = setUp(`etc-kill-${which}`);
+      const killed = await runCli(mergeArgs(p), { env: { NODE_IMAGE_PIVOT_FAILPOINTS: `etc.apply.action:kill@${k}` } });
+      expect(killed.signal).toBe('SIGKILL');
+      // The next run rolls the journal back first; a dry run shows the pending journal.
+      const dry = await runCli([...mergeArgs(p), '--dry-run']);
+      expect((JSON.parse(dry.stdout) as { pendingJournals: string[] }).pendingJournals.length).toBe(1);
+      const rerun = await runCli(mergeArgs(p));
+      expect(rerun.code, rerun.stderr).toBe(0);
+      expect((JSON.parse(rerun.stdout) as { recovered: string }).recovered).toBe('rolled-back');
+      expect(same(snapshot(p.current), merged)).toBe(true);
+      expect(same(old, merged)).toBe(false);
+      return `killed at action ${k}/${actions}; rerun rolled back, then applied: byte-for-byte merged`;
+    });
+  }
+});
