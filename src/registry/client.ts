@@ -83,7 +83,19 @@ export async function fetchManifest(session: RegistrySession, repository: string
   const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
   failpoint('registry.manifest');
   for (let attempt = 0; ; attempt++) {
-    const res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what });
+    let res;
+    try {
+      res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what });
+    } catch (err) {
+      // A connection that broke mid-request is worth another try; DNS, connect and TLS failures
+      // are not (the next source is tried instead, and systemd's Restart= covers the rest).
+      const transfer = err instanceof PivotError && err.kind === 'network' && err.facts.stage === 'transfer';
+      const wait = backoffDelay(attempt);
+      if (!transfer || attempt >= 3 || Date.now() + wait >= deadline) throw err;
+      log().warn({ manifest: what, attempt, reason: err.message }, 'retrying manifest');
+      await sleep(wait);
+      continue;
+    }
     if (TRANSIENT.has(res.statusCode) && attempt < 3) {
       const wait = parseRetryAfter(res.headers['retry-after']) ?? backoffDelay(attempt);
       if (Date.now() + wait < deadline) {

@@ -41,7 +41,8 @@ export class RegistrySession {
   private scheme: 'https' | 'http';
   /** Per repository: Bearer tokens are scoped to one repository. */
   private readonly tokens = new Map<string, CachedToken>();
-  private basic: string | undefined;
+  /** Per repository too: auth.json keys can give host/ns/repo its own credentials. */
+  private readonly basic = new Map<string, string>();
 
   constructor(registry: string, insecure: boolean, ctx: SessionContext) {
     this.registry = registry;
@@ -109,7 +110,7 @@ export class RegistrySession {
     }
     if (challenges.some((c) => c.scheme === 'basic')) {
       if (!creds) throw this.authError(repository, 401, '');
-      this.basic = basicHeader(creds);
+      this.basic.set(repository, basicHeader(creds));
       return;
     }
     throw this.authError(repository, 401, `unsupported challenge ${JSON.stringify(challengeHeader.split(' ')[0] ?? '')}`);
@@ -118,7 +119,7 @@ export class RegistrySession {
   private authHeader(repository: string): string | undefined {
     const t = this.tokens.get(repository);
     if (t && t.expiresAt > Date.now()) return t.header;
-    return this.basic;
+    return this.basic.get(repository);
   }
 
   /**

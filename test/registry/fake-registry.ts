@@ -22,6 +22,8 @@ export interface FakeBehaviour {
   ignoreRange?: boolean;
   /** Send this many bytes of the first blob GET, then go silent (the socket stays open). */
   stallAfter?: number;
+  /** Hang up without an answer on the first N manifest requests. */
+  dropManifest?: number;
   /** The first N blob GETs get 503 with this Retry-After (seconds). */
   unavailable?: { times: number; retryAfter: string };
 }
@@ -54,6 +56,7 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
   const blobFile = (digest: string): string => join(layoutDir, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
   let cuts = 0;
   let stalled = false;
+  let dropped = 0;
   const tokenUses = new Map<string, number>();
   let unavailable = 0;
 
@@ -108,6 +111,11 @@ export async function startFakeRegistry(layoutDir: string, tag: string, b: FakeB
       tokenUses.set(auth, used + 1);
     }
     const manifest = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(path);
+    if (manifest && dropped < (b.dropManifest ?? 0)) {
+      dropped++;
+      req.socket.destroy();
+      return;
+    }
     if (manifest) {
       const ref = manifest[2]!;
       const digest = ref === tag ? top.digest : ref;

@@ -83,6 +83,13 @@ describe('blob transfer', () => {
     expect(readdirSync(join(dir, 'blobs', 'sha256'))).toHaveLength(4);
   });
 
+  it('retries a manifest request whose connection was dropped', async () => {
+    fake = await startFakeRegistry(img.layoutDir, 'v1', { dropManifest: 1 });
+    await pullFrom(fake.host, 'ns/app:v1');
+    expect(fake.seen.filter((s) => s.path.includes('/manifests/')).length).toBe(2);
+    expect(logs.some((l) => l.includes('retrying manifest'))).toBe(true);
+  });
+
   it('honours Retry-After on 503', async () => {
     fake = await startFakeRegistry(img.layoutDir, 'v1', { unavailable: { times: 1, retryAfter: '1' } });
     const t0 = Date.now();
