@@ -218,6 +218,7 @@ export async function openBlobStream(ctx: BlobContext, desc: LayerDescriptor): P
   const cached = await cachedBlob(ctx.cacheDir, desc);
   if (cached) {
     ctx.stats.bytesFromCache += desc.size;
+    log().info({ blob: desc.digest, size: desc.size, source: 'cache', path: cached }, 'blob served from the cache');
     return createReadStream(cached, { highWaterMark: 256 * 1024 });
   }
   return Readable.from(verifiedChunks(ctx, desc), { objectMode: false });
@@ -265,6 +266,7 @@ export async function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, di
   }
   if ((await sizeOf(final)) === desc.size) {
     ctx.stats.bytesFromCache += desc.size;
+    log().info({ blob: desc.digest, size: desc.size, source: 'cache', path: final }, 'blob already in the cache');
     return final;
   }
   const partial = `${final}.partial`;
