@@ -46,6 +46,11 @@ beforeAll(async () => {
     { data: bulky, mediaType: OCI_LAYER_GZIP }, { data: manifests, mediaType: OCI_LAYER_GZIP }, { data: await gzip(await simpleTar({ 'etc/motd': 'hi' })), mediaType: OCI_LAYER_GZIP },
   ] });
   await pushLayout(lower.layoutDir, 'rel2', reg.host, 'ocp/release');
+  // The file first in a big top layer: the download stops mid-layer.
+  const early = await buildOciLayout(join(tmp, 'rel3'), { tag: 'rel3', layers: [
+    { data: await gzip(await simpleTar({ 'release-manifests/image-references': imageStream, 'usr/lib/big': randomBytes(4_000_000) }), 1), mediaType: OCI_LAYER_GZIP },
+  ] });
+  await pushLayout(early.layoutDir, 'rel3', reg.host, 'ocp/release');
   const none = await buildOciLayout(join(tmp, 'plain'), { tag: 'plain', layers: [{ data: await gzip(await simpleTar({ a: 'b' })), mediaType: OCI_LAYER_GZIP }] });
   await pushLayout(none.layoutDir, 'plain', reg.host, 'ocp/plain');
 });
@@ -71,6 +76,13 @@ describe('resolve', () => {
     const r = await resolveComponent(`${reg.host}/ocp/release:rel2`, 'machine-config-operator', { registriesConf: conf });
     expect(r.pullspec).toMatch(/mco@sha256:c{64}$/);
     expect(r.bytesFetched).toBeLessThan(r.imageBytes / 10);
+  });
+
+  it('stops in the middle of a layer once the file has been read', async () => {
+    const r = await resolveComponent(`${reg.host}/ocp/release:rel3`, 'rhel-coreos', { registriesConf: conf });
+    expect(r.pullspec).toBe(COREOS);
+    expect(r.imageBytes).toBeGreaterThan(4_000_000);
+    expect(r.bytesFetched).toBeLessThan(r.imageBytes / 4);
   });
 
   it('lists the existing components when the one asked for is missing (exit 2)', () => {
