@@ -11,6 +11,9 @@ export interface ToolStats {
   /** (max - min) / median, percent. */
   spreadPct?: number;
   peakRssMiB?: { median: number; max: number; runs: number[] };
+  /** Median user+system CPU seconds (GNU time), and ru_maxrss in MiB. */
+  cpuSeconds?: number;
+  maxRssMiB?: number;
   parts?: Record<string, number>;
   /** Why there is no number (tool missing, unsupported, failed). */
   unavailable?: string;
@@ -36,6 +39,10 @@ export function summarise(label: string, runs: RunResult[], unavailable: string 
   out.spreadPct = Math.round(((out.max - out.min) / out.median) * 100);
   const rss = runs.map((r) => r.peakRssKiB).filter((x): x is number => x !== undefined && x > 0).map((k) => Math.round(k / 1024));
   if (rss.length) out.peakRssMiB = { median: median(rss), max: Math.max(...rss), runs: rss };
+  const cpu = runs.map((r) => r.cpuSeconds).filter((x): x is number => x !== undefined);
+  if (cpu.length) out.cpuSeconds = r2(median(cpu));
+  const maxrss = runs.map((r) => r.maxRssKiB).filter((x): x is number => x !== undefined);
+  if (maxrss.length) out.maxRssMiB = Math.round(median(maxrss) / 1024);
   const partNames = [...new Set(runs.flatMap((r) => Object.keys(r.parts ?? {})))];
   if (partNames.length) out.parts = Object.fromEntries(partNames.map((p) => [p, r2(median(runs.map((r) => r.parts?.[p] ?? 0)))]));
   return out;
@@ -43,10 +50,10 @@ export function summarise(label: string, runs: RunResult[], unavailable: string 
 
 type Results = Record<string, Record<string, ToolStats>>;
 
-function ratio(a: ToolStats | undefined, b: ToolStats | undefined): number | string {
-  if (a?.median === undefined) return `n/a (a: ${a?.unavailable ?? 'no runs'})`;
-  if (b?.median === undefined) return `n/a (${b?.unavailable ?? 'no runs'})`;
-  return r2(a.median / b.median);
+function ratio(a: ToolStats | undefined, b: ToolStats | undefined, key: 'median' | 'cpuSeconds' = 'median'): number | string {
+  if (a?.[key] === undefined) return `n/a (a: ${a?.unavailable ?? 'no runs'})`;
+  if (b?.[key] === undefined) return `n/a (${b?.unavailable ?? 'no runs'})`;
+  return r2(a[key] / b[key]);
 }
 
 export interface Verdict { target: string; value: number | string | undefined; pass: boolean | 'n/a' }
@@ -60,6 +67,7 @@ export function printReport(_report: unknown, results: Results, extras: Record<s
   for (const [image, r] of Object.entries(results)) {
     const row: Record<string, number | string> = { 'a/b': ratio(r.a, r.b), 'a/c': ratio(r.a, r.c), 'a/d': ratio(r.a, r.d) };
     for (const v of ids.filter((i) => !['a', 'b', 'c', 'd'].includes(i))) row[`${v}/d`] = ratio(r[v], r.d);
+    for (const o of ['b', 'c', 'd']) row[`cpu a/${o}`] = ratio(r.a, r[o], 'cpuSeconds');
     ratios[image] = row;
     const short = (x: number | string | undefined): string => (typeof x === 'number' ? x.toFixed(2) : 'n/a');
     lines.push([image, ...ids.map((i) => cell(r[i])), short(row['a/b']), short(row['a/c']), short(row['a/d']),
@@ -87,6 +95,8 @@ export function printReport(_report: unknown, results: Results, extras: Record<s
 
   const out = process.stdout;
   out.write(`\n${lines.join('\n')}\n\n`);
+  out.write('CPU seconds (user+sys, median): ');
+  out.write(`${Object.entries(results).map(([image, r]) => `${image} ${Object.entries(r).map(([id, s]) => `${id}=${s.cpuSeconds ?? 'n/a'}`).join(' ')}`).join('; ')}\n`);
   out.write(`RSS x2/x1: ${rssRatio ?? 'n/a'}   (a's peak RSS across all runs: ${peak || 'n/a'} MiB)\n`);
   for (const [k, v] of Object.entries(extras)) out.write(`${k}: ${JSON.stringify(v)}\n`);
   out.write('\ntargets:\n');

@@ -4,13 +4,18 @@
 //   c  podman pull into a throwaway --root on the staging tmpfs
 //   d  the floor: the same blobs already on the tmpfs, gzip -dc | tar -x (zstd -dc) layer by layer
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface RunResult {
   seconds: number;
-  /** Peak resident set of the measured process, KiB (a only). */
+  /** Peak resident set of the measured process, KiB (a only), polled from VmHWM. */
   peakRssKiB?: number;
+  /** user+system CPU seconds of the process and everything it waited for (GNU time). */
+  cpuSeconds?: number;
+  /** ru_maxrss of the largest process in the run, KiB (GNU time). */
+  maxRssKiB?: number;
   /** Seconds of each step, when a contender has several. */
   parts?: Record<string, number>;
 }
@@ -34,9 +39,14 @@ export interface BenchImage {
 
 export class CommandError extends Error {}
 
-function vmHwmKiB(pid: number): number | undefined {
+const GNU_TIME = '/usr/bin/time';
+
+/** VmHWM of the process GNU time runs (its only child), or of pid itself without GNU time. */
+function vmHwmKiB(pid: number, wrapped: boolean): number | undefined {
   try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const target = wrapped ? readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ')[0] : String(pid);
+    if (!target) return undefined;
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${target}/status`, 'utf8'));
     return m ? Number(m[1]) : undefined;
   } catch {
     return undefined;
@@ -47,23 +57,33 @@ function vmHwmKiB(pid: number): number | undefined {
 export function exec(argv: string[], opts: { env?: NodeJS.ProcessEnv; pollRss?: boolean; cwd?: string } = {}): Promise<RunResult & { stdout: string }> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+    // GNU time adds CPU seconds and ru_maxrss, steadier than wall time on a shared machine.
+    const wrapped = existsSync(GNU_TIME);
+    const timeDir = wrapped ? mkdtempSync(`${tmpdir()}/nip-time-`) : '';
+    const full = wrapped ? [GNU_TIME, '-f', '%U %S %M', '-o', `${timeDir}/t`, ...argv] : argv;
+    const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
     let stdout = '';
     let stderr = '';
     let peak = 0;
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
     child.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
     // VmHWM only grows, so the last reading before exit is the peak up to then; 10 ms apart.
-    const timer = opts.pollRss && child.pid ? setInterval(() => { peak = Math.max(peak, vmHwmKiB(child.pid!) ?? 0); }, 10) : undefined;
+    const timer = opts.pollRss && child.pid ? setInterval(() => { peak = Math.max(peak, vmHwmKiB(child.pid!, wrapped) ?? 0); }, 10) : undefined;
     child.on('error', (err) => { if (timer) clearInterval(timer); reject(err); });
     child.on('exit', (code, signal) => {
       if (timer) clearInterval(timer);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      let cpu: { cpuSeconds: number; maxRssKiB: number } | undefined;
+      if (wrapped) {
+        const t = readFileSync(`${timeDir}/t`, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
+        rmSync(timeDir, { recursive: true, force: true });
+        if (t.length === 3 && t.every((x) => Number.isFinite(x))) cpu = { cpuSeconds: t[0]! + t[1]!, maxRssKiB: t[2]! };
+      }
       if (code !== 0) {
         reject(new CommandError(`${argv.slice(0, 3).join(' ')} … exited ${code ?? signal}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`));
         return;
       }
-      resolve({ seconds, stdout, ...(opts.pollRss ? { peakRssKiB: peak } : {}) });
+      resolve({ seconds, stdout, ...(opts.pollRss ? { peakRssKiB: peak } : {}), ...cpu });
     });
   });
 }
@@ -78,7 +98,8 @@ export function pivotPull(id: string, binary: string, registriesConf: string): C
         pollRss: true,
         env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn' },
       });
-      return { seconds: r.seconds, ...(r.peakRssKiB !== undefined ? { peakRssKiB: r.peakRssKiB } : {}) };
+      const { stdout: _, ...rest } = r;
+      return rest;
     },
   };
 }
@@ -92,7 +113,10 @@ export function skopeoUmoci(): Contender {
       const env = { ...process.env, TMPDIR: dir };
       const copy = await exec(['skopeo', 'copy', '--quiet', '--src-tls-verify=false', `docker://${image.ref}`, `oci:${join(dir, 'oci')}:v1`], { env });
       const unpack = await exec(['umoci', 'unpack', '--image', `${join(dir, 'oci')}:v1`, join(dir, 'bundle')], { env });
-      return { seconds: copy.seconds + unpack.seconds, parts: { skopeo: copy.seconds, umoci: unpack.seconds } };
+      return {
+        seconds: copy.seconds + unpack.seconds, parts: { skopeo: copy.seconds, umoci: unpack.seconds },
+        ...(copy.cpuSeconds !== undefined && unpack.cpuSeconds !== undefined ? { cpuSeconds: copy.cpuSeconds + unpack.cpuSeconds, maxRssKiB: Math.max(copy.maxRssKiB ?? 0, unpack.maxRssKiB ?? 0) } : {}),
+      };
     },
   };
 }
@@ -107,7 +131,8 @@ export function podmanPull(): Contender {
       mkdirSync(run, { recursive: true });
       const r = await exec(['podman', '--root', root, '--runroot', run, '--storage-driver', 'overlay', '--cgroup-manager', 'cgroupfs',
         '--events-backend', 'none', 'pull', '--quiet', '--tls-verify=false', `docker://${image.ref}`], { env: { ...process.env, TMPDIR: dir } });
-      return { seconds: r.seconds };
+      const { stdout: _, ...rest } = r;
+      return rest;
     },
   };
 }
@@ -121,8 +146,8 @@ export function floor(): Contender {
       mkdirSync(root);
       const tool = image.compression === 'zstd' ? 'zstd' : 'gzip';
       const script = `set -eo pipefail; for f in "$@"; do ${tool} -dc "$f" | tar -xf - -C "${root}"; done`;
-      const r = await exec(['bash', '-c', script, 'floor', ...image.localLayers]);
-      return { seconds: r.seconds };
+      const { stdout: _, ...rest } = await exec(['bash', '-c', script, 'floor', ...image.localLayers]);
+      return rest;
     },
   };
 }

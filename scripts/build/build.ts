@@ -55,6 +55,9 @@ export async function buildBinary(): Promise<string> {
     output: blob,
     disableExperimentalSEAWarning: true,
     useCodeCache: true,
+    // A small young generation: the unpack's garbage is short-lived buffers, and V8's default
+    // semi-spaces (up to 16 MiB each) let peak RSS grow with the image (scripts/bench, issue 7).
+    execArgv: ['--max-semi-space-size=2'],
     assets: { 'xattr.node': xattrAddon() },
   }, null, 2));
   execFileSync(node, ['--experimental-sea-config', seaConfig], { stdio: 'inherit', cwd: root });
