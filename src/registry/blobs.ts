@@ -232,21 +232,27 @@ const WRITE_BATCH = 4 * 1024 * 1024;
  */
 async function writeChunks(chunks: AsyncIterable<Buffer>, path: string, append: boolean): Promise<void> {
   const fh = await open(path, append ? 'a' : 'w');
+  let batch: Buffer[] = [];
+  let size = 0;
   try {
-    let batch: Buffer[] = [];
-    let size = 0;
     for await (const c of chunks) {
       batch.push(c);
       size += c.length;
       if (size >= WRITE_BATCH) {
-        await fh.writev(batch);
+        const full = batch;
         batch = [];
         size = 0;
+        await fh.writev(full);
       }
     }
-    if (batch.length) await fh.writev(batch);
   } finally {
-    await fh.close();
+    // Also on a broken transfer: every byte received so far was hashed in order and is what a
+    // rerun resumes from, so it must reach the *.partial file (a verification failure unlinks it).
+    try {
+      if (batch.length) await fh.writev(batch);
+    } finally {
+      await fh.close();
+    }
   }
 }
 
