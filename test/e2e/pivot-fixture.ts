@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { ensureRootfs, REPO_ROOT } from '../../scripts/testbed/rootfs.ts';
 import { startRegistry, type RunningRegistry, type StartRegistryOptions } from '../helpers/registry.ts';
 import { buildAndPushNodeImage, probeUnit, type PushedNodeImage } from '../helpers/node-image.ts';
+import { buildOciLayout, gzip, pushLayout, simpleTar, OCI_LAYER_GZIP } from '../helpers/oci-image.ts';
 
 export const LOCAL_MOTD = 'local motd written by Ignition\n';
 export const BOOTED_MODULES = 'usr/lib/modules/booted-kernel';
@@ -15,6 +16,8 @@ export interface PivotFixture {
   registry: RunningRegistry;
   image: PushedNodeImage;
   conflictImage: PushedNodeImage;
+  /** A release image whose image-references name `image` as rhel-coreos. */
+  releaseRef: string;
   workDir: string;
   cleanup(): Promise<void>;
 }
@@ -33,8 +36,9 @@ export async function setUpPivotFixture(registryOpts: StartRegistryOptions = {})
         { type: 'file', name: 'etc/nip-conflict/now-a-dir.conf', body: 'upstream\n' },
       ],
     });
+    const releaseRef = await pushReleaseImage(registry.host, image.ref, join(workDir, 'layout-release'));
     return {
-      registry, image, conflictImage, workDir,
+      registry, image, conflictImage, releaseRef, workDir,
       async cleanup() {
         await registry.stop();
         rmSync(workDir, { recursive: true, force: true });
@@ -47,8 +51,26 @@ export async function setUpPivotFixture(registryOpts: StartRegistryOptions = {})
   }
 }
 
+/** A minimal OpenShift release image: a bulky lower layer and release-manifests on top. */
+async function pushReleaseImage(host: string, nodeRef: string, layoutDir: string): Promise<string> {
+  const imageStream = JSON.stringify({
+    kind: 'ImageStream', apiVersion: 'image.openshift.io/v1', metadata: { name: '4.20.0-e2e' },
+    spec: { tags: [
+      { name: 'cli', from: { kind: 'DockerImage', name: `${host}/openshift/cli@sha256:${'c'.repeat(64)}` } },
+      { name: 'rhel-coreos', from: { kind: 'DockerImage', name: nodeRef } },
+    ] },
+  });
+  const img = await buildOciLayout(layoutDir, { tag: '4.20.0-e2e', layers: [
+    { data: await gzip(await simpleTar({ 'usr/bin/cluster-version-operator': Buffer.alloc(2_000_000, 7) })), mediaType: OCI_LAYER_GZIP },
+    { data: await gzip(await simpleTar({ 'release-manifests/': '', 'release-manifests/image-references': imageStream })), mediaType: OCI_LAYER_GZIP },
+  ] });
+  await pushLayout(layoutDir, '4.20.0-e2e', host, 'openshift/release');
+  return `${host}/openshift/release@${img.manifestDigest}`;
+}
+
 export interface InstallOptions {
-  image: string;
+  /** The node image; or give `config.releaseImage` and leave this empty. */
+  image?: string;
   registryHost: string;
   /** Install the generator (isolate mode). Service mode scenarios leave it out. */
   generator?: boolean;
@@ -79,7 +101,7 @@ export function installInto(root: string, opts: InstallOptions): void {
       copyFileSync(join(units, name), join(root, 'etc/systemd/system', name));
     }
   }
-  write(root, 'etc/node-image-pivot/config.json', `${JSON.stringify({ image: opts.image, ...opts.config }, null, 2)}\n`);
+  write(root, 'etc/node-image-pivot/config.json', `${JSON.stringify({ ...(opts.image ? { image: opts.image } : {}), ...opts.config }, null, 2)}\n`);
   write(root, 'etc/containers/registries.conf', `[[registry]]\nlocation = "${opts.registryHost}"\ninsecure = true\n`);
   // Boot-image side of the "unit present in both images" check, enabled by a local /etc link.
   write(root, 'usr/lib/systemd/system/nip-probe.service', probeUnit('old'));

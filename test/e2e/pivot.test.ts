@@ -28,7 +28,7 @@ async function sh(m: Machine, script: string): Promise<string> {
   return r.stdout;
 }
 
-async function statusJson(m: Machine): Promise<{ state: { result: string; mode: string; phases: Array<{ name: string; result: string; seconds?: number }>; error?: { line: string; exitCode: number }; image?: { digest?: string } } }> {
+async function statusJson(m: Machine): Promise<{ state: { result: string; mode: string; phases: Array<{ name: string; result: string; seconds?: number }>; error?: { line: string; exitCode: number }; image?: { digest?: string; releaseImage?: string } } }> {
   const r = await m.exec(['/usr/local/bin/node-image-pivot', 'status', '--json']);
   return JSON.parse(r.stdout);
 }
@@ -80,7 +80,7 @@ describe('pivot e2e', () => {
     await m.poweroff();
   });
 
-  it('service mode: a kubelet-like unit ordered after node-image-overlay.service sees the new /usr, no isolate', async () => {
+  it('service mode, from a release image: a kubelet-like unit ordered after node-image-overlay.service sees the new /usr, no isolate', async () => {
     const consumer = [
       '[Unit]', 'Requires=node-image-overlay.service', 'After=node-image-overlay.service',
       '[Service]', 'Type=oneshot', 'RemainAfterExit=yes',
@@ -89,7 +89,8 @@ describe('pivot e2e', () => {
     const m = await boot({
       name: 'pivot-service', bootUnit: 'multi-user.target',
       prepare: (root) => installInto(root, {
-        image: fx.image.ref, registryHost: fx.registry.host, generator: false,
+        registryHost: fx.registry.host, generator: false,
+        config: { releaseImage: fx.releaseRef, component: 'rhel-coreos' },
         files: { 'etc/systemd/system/nip-consumer.service': consumer },
       }),
     });
@@ -108,6 +109,7 @@ describe('pivot e2e', () => {
     expect((await sh(m, 'cat /results/consumer-saw')).trim()).toBe('4.20.0-e2e');
     const status = await statusJson(m);
     expect(status.state.mode).toBe('service');
+    expect(status.state.image).toMatchObject({ releaseImage: fx.releaseRef, digest: fx.image.manifestDigest });
     expect(status.state.result).toBe('done');
     expect(status.state.phases.find((p) => p.name === 'isolate')?.result).toBe('skipped');
     expect(await m.unitState('node-image-pivot.target')).toMatchObject({ activeState: 'inactive' });
