@@ -10,7 +10,7 @@ import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } fro
 import type { Progress } from './progress.ts';
 import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
 import { pullToDest } from './unpack/index.ts';
-import { applyEtcMerge, formatPlan, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
+import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { readMountinfo } from './mountinfo.ts';
 import { labelStagedTree, planLabel, policyChanged, reloadPolicyArgv, selinuxEnabled } from './selinux.ts';
@@ -76,6 +76,10 @@ export function realCapabilities(): PivotCapabilities {
 
   const caps: PivotCapabilities = {
     stagedPath: (cfg, digest) => join(cfg.stagingDir, hex(digest)),
+
+    pendingEtcJournal() {
+      return pendingEtcJournals('/etc').length ? 'pending' : 'none';
+    },
 
     async recoverEtc() {
       return recoverEtcJournal('/etc');

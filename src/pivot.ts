@@ -51,6 +51,8 @@ export interface PivotCapabilities {
   usrIsPivotedTo(staged: StagedTree): Promise<boolean>;
   applyEtc(plan: unknown): Promise<Record<string, unknown>>;
   recoverEtc(): Promise<'none' | 'rolled-back'>;
+  /** Whether a crashed run left an /etc journal, without touching it. */
+  pendingEtcJournal(): 'none' | 'pending';
   refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
   isolate(cfg: Config): Promise<Record<string, unknown>>;
   /**
@@ -197,7 +199,9 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   try {
     // 1. Preflight: undo a half-applied /etc from a crashed run, then decide whether to skip.
     const pre = await phase('preflight', async () => {
-      const recovered = await caps.recoverEtc();
+      // A dry run changes nothing, not even a rollback: it reports a pending journal instead.
+      const recovered = req.dryRun ? caps.pendingEtcJournal() : await caps.recoverEtc();
+      if (recovered === 'pending') log().warn('an interrupted /etc apply is pending; the next real run rolls it back before planning');
       const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(join(req.hostRoot ?? '/', p))));
       const configured = cfg.image ?? cfg.releaseImage;
       return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
