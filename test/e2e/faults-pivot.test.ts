@@ -1,0 +1,192 @@
+// Faults in a whole `run` on real systemd: kill -9 at every phase and at the riskiest steps,
+// SIGTERM during a harmless, a critical and a late phase, and a unit that makes the isolate job
+// fail. Each case checks what the node looks like afterwards, and that a rerun converges on
+// exactly the /etc and /usr a clean pivot produces.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bootMachine, type Machine } from '../../scripts/testbed/machine.ts';
+import { NODE_VERSION_FILE } from '../helpers/node-image.ts';
+import { LOCAL_MOTD, installInto, setUpPivotFixture, type PivotFixture } from './pivot-fixture.ts';
+
+const AGENT = '/usr/local/bin/node-image-pivot';
+let fx: PivotFixture;
+/** /etc after a clean pivot: path, type, mode, owner, link target and content hash. */
+let mergedEtc: string;
+let bootEtc: string;
+/** The same two without the user databases, for states between the merge and the refresh. */
+let mergedEtcFiles: string;
+let bootEtcFiles: string;
+
+/**
+ * A fingerprint of /etc: every path with type, mode, owner and link target, and every file's
+ * md5. Left out: what changes per boot or per machine (machine-id, the test bed's per-machine
+ * sshd port, host keys) and what systemd-sysusers backs up (passwd-, shadow-...), none of which
+ * is the merge's doing.
+ */
+const VOLATILE = ['*-', '.pwd.lock', 'machine-id', 'resolv.conf', 'ld.so.cache', 'ssh_host_*', '10-testbed.conf'];
+/** The user databases change in the refresh phase (systemd-sysusers), not in the merge. */
+const USER_DBS = ['passwd', 'group', 'shadow', 'gshadow', 'subuid', 'subgid'];
+function fingerprintScript(skip: string[]): string {
+  const prune = skip.map((n) => `-name '${n}'`).join(' -o ');
+  return `cd /etc && find . -xdev \\( ${prune} \\) -prune -o -printf '%p %y %m %U %G %l\\n' | sort; `
+    + `find . -xdev \\( ${prune} \\) -prune -o -type f -print0 | sort -z | xargs -0 md5sum`;
+}
+const ETC_FINGERPRINT = fingerprintScript(VOLATILE);
+const ETC_MERGE_FINGERPRINT = fingerprintScript([...VOLATILE, ...USER_DBS]);
+
+async function sh(m: Machine, script: string): Promise<string> {
+  return (await m.exec(['sh', '-c', script], { direct: true })).stdout;
+}
+
+async function serviceMachine(name: string, extra: Parameters<typeof installInto>[1]['files'] = {}): Promise<Machine> {
+  const m = await bootMachine({
+    name, bootUnit: 'multi-user.target',
+    prepare: (root) => installInto(root, { image: fx.image.ref, registryHost: fx.registry.host, generator: false, files: extra }),
+  });
+  await m.waitForSystemState(['running', 'degraded']);
+  return m;
+}
+
+async function usrIs(m: Machine): Promise<'old' | 'new'> {
+  return (await sh(m, `test -e ${NODE_VERSION_FILE} && echo new || echo old`)).trim() as 'old' | 'new';
+}
+
+beforeAll(async () => {
+  fx = await setUpPivotFixture();
+  // The reference: a clean pivot, and the /etc it ends with.
+  const m = await serviceMachine('faults-ref');
+  try {
+    bootEtc = await sh(m, ETC_FINGERPRINT);
+    bootEtcFiles = await sh(m, ETC_MERGE_FINGERPRINT);
+    const r = await m.exec([AGENT, 'run', '--no-isolate']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    mergedEtc = await sh(m, ETC_FINGERPRINT);
+    mergedEtcFiles = await sh(m, ETC_MERGE_FINGERPRINT);
+    expect(mergedEtc).not.toBe(bootEtc);
+  } finally {
+    await m.dispose();
+  }
+});
+
+afterAll(async () => {
+  await fx?.cleanup();
+});
+
+describe('kill -9 during run, then a rerun', () => {
+  const points = [
+    'phase.preflight:kill', 'phase.resolve:kill', 'phase.pull:kill', 'unpack.entry:kill@2000',
+    'phase.selinux:kill', 'phase.etc-plan:kill', 'phase.mount:kill', 'mount.switch:kill',
+    'mount.switched:kill', 'phase.etc-apply:kill', 'etc.apply.action:kill@1', 'etc.apply.commit:kill',
+    'pivot.switched:kill', 'phase.refresh:kill',
+  ];
+  it.each(points)('%s: /etc is old or merged, and the rerun converges on the clean result', async (point) => {
+    const m = await serviceMachine(`kill-${point.replace(/[^a-z0-9]+/gi, '-')}`.slice(0, 40));
+    try {
+      const killed = await m.exec([AGENT, 'run', '--no-isolate'], { env: { NODE_IMAGE_PIVOT_FAILPOINTS: point } });
+      expect(killed.exitCode).not.toBe(0);
+      const etcAfterKill = await sh(m, ETC_MERGE_FINGERPRINT);
+      // A kill inside the /etc apply leaves a journal: the next run's preflight rolls it back.
+      if (!point.startsWith('etc.apply')) expect([bootEtcFiles, mergedEtcFiles]).toContain(etcAfterKill);
+      expect(['old', 'new']).toContain(await usrIs(m));
+
+      const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(rerun.exitCode, rerun.stderr).toBe(0);
+      expect(await usrIs(m)).toBe('new');
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
+      expect(await sh(m, 'cat /etc/motd')).toBe(LOCAL_MOTD);
+      // Exactly one mount on /usr: a retry never stacks a second one.
+      expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe('1\n');
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
+describe('SIGTERM during run', () => {
+  async function termDuring(m: Machine, failpoint: string): Promise<{ status: string; state: { result: string; error?: { kind: string; line: string } } }> {
+    await m.exec(['systemd-run', '--unit=nip-term', `--setenv=NODE_IMAGE_PIVOT_FAILPOINTS=${failpoint}`, AGENT, 'run', '--no-isolate'], { direct: true });
+    // The failpoint sleeps 3 s; the signal lands inside that window.
+    await new Promise((r) => setTimeout(r, 1500));
+    await m.exec(['systemctl', 'kill', '--signal=SIGTERM', 'nip-term.service'], { direct: true });
+    await m.waitForUnit('nip-term.service', ['inactive', 'failed'], 60_000);
+    const status = (await sh(m, 'systemctl show -p ExecMainStatus --value nip-term.service')).trim();
+    const state = JSON.parse(await sh(m, 'cat /run/node-image-pivot/state.json')) as { result: string; error?: { kind: string; line: string } };
+    return { status, state };
+  }
+
+  it('before the switch (pull): stops at once with exit 10, nothing changed', async () => {
+    const m = await serviceMachine('term-pull');
+    try {
+      const r = await termDuring(m, 'phase.pull:sleep=3000');
+      expect(r.status).toBe('10');
+      expect(r.state.result).toBe('failed');
+      expect(r.state.error?.kind).toBe('interrupted');
+      expect(await usrIs(m)).toBe('old');
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(bootEtc);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  it('during the mount (critical): finishes the step, then undoes it: all old, exit 10', async () => {
+    const m = await serviceMachine('term-mount');
+    try {
+      const r = await termDuring(m, 'mount.prepare:sleep=3000@1');
+      expect(r.status).toBe('10');
+      expect(r.state.error?.line).toMatch(/interrupted: stopped by SIGTERM/);
+      expect(await usrIs(m)).toBe('old');
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(bootEtc);
+      const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(rerun.exitCode, rerun.stderr).toBe(0);
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  it('after the switch (refresh): the pivot is complete; all new, exit 10, rerun converges', async () => {
+    const m = await serviceMachine('term-refresh');
+    try {
+      const r = await termDuring(m, 'phase.refresh:sleep=3000');
+      expect(r.status).toBe('10');
+      expect(await usrIs(m)).toBe('new');
+      expect(await sh(m, ETC_MERGE_FINGERPRINT)).toBe(mergedEtcFiles);
+      const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(rerun.exitCode, rerun.stderr).toBe(0);
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
+describe('the isolate job fails', () => {
+  it('names the failed unit, exits 8, and the state file says so', async () => {
+    const broken = '[Unit]\nDescription=a unit multi-user.target requires, which fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n';
+    const m = await bootMachine({
+      name: 'isolate-fails',
+      prepare: (root) => installInto(root, {
+        image: fx.image.ref, registryHost: fx.registry.host,
+        files: {
+          'etc/systemd/system/nip-broken.service': broken,
+          'etc/systemd/system/multi-user.target.d/90-broken.conf': '[Unit]\nRequires=nip-broken.service\nAfter=nip-broken.service\n',
+          // One attempt is enough to look at.
+          'etc/systemd/system/node-image-pivot.service.d/95-once.conf': '[Service]\nRestart=no\n',
+        },
+      }),
+    });
+    try {
+      await m.waitForUnit('node-image-pivot.service', 'failed', 120_000);
+      expect((await sh(m, 'systemctl show -p ExecMainStatus --value node-image-pivot.service')).trim()).toBe('8');
+      const journal = await m.journal('node-image-pivot.service');
+      expect(journal).toMatch(/systemd: .*nip-broken\.service.*Fix: /);
+      const state = JSON.parse(await sh(m, 'cat /run/node-image-pivot/state.json')) as { result: string; error: { exitCode: number }; phases: Array<{ name: string; result: string }> };
+      expect(state.result).toBe('failed');
+      expect(state.error.exitCode).toBe(8);
+      expect(state.phases.at(-1)).toMatchObject({ name: 'isolate', result: 'failed' });
+      // The pivot itself completed: a failed isolate does not undo it.
+      expect(await usrIs(m)).toBe('new');
+    } finally {
+      await m.dispose();
+    }
+  });
+});
