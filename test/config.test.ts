@@ -5,16 +5,8 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { inConfigTerms, loadConfig, parseConfig, fieldPath } from '../src/config.ts';
 import { PivotError } from '../src/errors.ts';
+import { thrown } from './helpers/thrown.ts';
 
-function errorOf(fn: () => unknown): PivotError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(PivotError);
-    return e as PivotError;
-  }
-  throw new Error('expected an error');
-}
 
 describe('config', () => {
   it('fills defaults for a minimal config', () => {
@@ -27,7 +19,7 @@ describe('config', () => {
   });
 
   it('names file, field and expectation for a wrong type', () => {
-    const e = errorOf(() => parseConfig({ image: 'x', concurrency: 'three' }, '/etc/nip.json'));
+    const e = thrown(() => parseConfig({ image: 'x', concurrency: 'three' }, '/etc/nip.json'));
     expect(e.field).toBe('concurrency');
     expect(e.path).toBe('/etc/nip.json');
     expect(e.message).toMatch(/\/etc\/nip\.json: concurrency: expected number/);
@@ -35,36 +27,36 @@ describe('config', () => {
   });
 
   it('rejects unknown fields, even nested ones', () => {
-    expect(errorOf(() => parseConfig({ image: 'x', imagee: 'y' }, 'f')).field).toBe('imagee');
-    expect(errorOf(() => parseConfig({ image: 'x', limits: { maxEntry: 1 } }, 'f')).field).toBe('limits.maxEntry');
+    expect(thrown(() => parseConfig({ image: 'x', imagee: 'y' }, 'f')).field).toBe('imagee');
+    expect(thrown(() => parseConfig({ image: 'x', limits: { maxEntry: 1 } }, 'f')).field).toBe('limits.maxEntry');
   });
 
   it('points into arrays', () => {
-    const e = errorOf(() => parseConfig({ image: 'x', skipIfPathExists: ['/ok', 'relative'] }, 'f'));
+    const e = thrown(() => parseConfig({ image: 'x', skipIfPathExists: ['/ok', 'relative'] }, 'f'));
     expect(e.field).toBe('skipIfPathExists[1]');
     expect(e.message).toMatch(/absolute path/);
-    expect(errorOf(() => parseConfig({ image: 'x', restartUnits: ['sshd'] }, 'f')).field).toBe('restartUnits[0]');
-    expect(errorOf(() => parseConfig({ image: 'x', preserve: ['/etc/x'] }, 'f')).message).toMatch(/under \/usr/);
+    expect(thrown(() => parseConfig({ image: 'x', restartUnits: ['sshd'] }, 'f')).field).toBe('restartUnits[0]');
+    expect(thrown(() => parseConfig({ image: 'x', preserve: ['/etc/x'] }, 'f')).message).toMatch(/under \/usr/);
   });
 
   it('requires exactly one of image and releaseImage', () => {
-    expect(errorOf(() => parseConfig({}, 'f')).field).toBe('image');
-    expect(errorOf(() => parseConfig({ image: 'a', releaseImage: 'b' }, 'f')).field).toBe('releaseImage');
+    expect(thrown(() => parseConfig({}, 'f')).field).toBe('image');
+    expect(thrown(() => parseConfig({ image: 'a', releaseImage: 'b' }, 'f')).field).toBe('releaseImage');
   });
 
   it('reports missing, unreadable and malformed files with the path', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nip-config-'));
-    expect(errorOf(() => loadConfig(join(dir, 'none.json'))).message).toMatch(/does not exist/);
+    expect(thrown(() => loadConfig(join(dir, 'none.json'))).message).toMatch(/does not exist/);
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, '{ "image": ');
-    const e = errorOf(() => loadConfig(bad));
+    const e = thrown(() => loadConfig(bad));
     expect(e.message).toMatch(/not valid JSON/);
     expect(e.path).toBe(bad);
     const dirAsFile = join(dir);
-    expect(errorOf(() => loadConfig(dirAsFile)).message).toMatch(/is not a regular file \(it is a directory\)/);
+    expect(thrown(() => loadConfig(dirAsFile)).message).toMatch(/is not a regular file \(it is a directory\)/);
     // A FIFO would block the read forever; it is refused without opening it.
     execFileSync('mkfifo', [join(dir, 'fifo.json')]);
-    expect(errorOf(() => loadConfig(join(dir, 'fifo.json'))).message).toMatch(/is not a regular file \(it is a FIFO\)/);
+    expect(thrown(() => loadConfig(join(dir, 'fifo.json'))).message).toMatch(/is not a regular file \(it is a FIFO\)/);
     const ok = join(dir, 'ok.json');
     writeFileSync(ok, JSON.stringify({ releaseImage: 'quay.io/r/release:4.20', component: 'rhel-coreos' }));
     chmodSync(ok, 0o600);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { mountArgv, planUsrMount, usrRelative, type PathFacts } from '../../src/mount.ts';
 import { parseMountinfo, topMountAt } from '../../src/mountinfo.ts';
 import { PivotError } from '../../src/errors.ts';
+import { thrown } from '../helpers/thrown.ts';
 
 const S = '/run/nip/staging/root';
 const base: PathFacts = {
@@ -12,15 +13,6 @@ const base: PathFacts = {
   [`${S}/usr/lib/modules`]: 'dir',
 };
 
-function thrown(fn: () => unknown): PivotError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof PivotError) return err;
-    throw err;
-  }
-  throw new Error('expected a PivotError');
-}
 
 describe('planUsrMount', () => {
   it('assembles privately, binds the preserved path read-only, then switches with one move', () => {

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   labelTree, parseSelinuxType, planLabel, policyChanged, reloadPolicyArgv, selinuxEnabled, type TreeView,
 } from '../../src/selinux.ts';
-import { PivotError } from '../../src/errors.ts';
+import { thrown } from '../helpers/thrown.ts';
 
 let root: string;
 function put(rel: string, text = ''): void {
@@ -20,15 +20,6 @@ afterEach(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-function thrown(fn: () => unknown): PivotError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof PivotError) return err;
-    throw err;
-  }
-  throw new Error('expected a PivotError');
-}
 
 const FC = 'contexts/files/file_contexts';
 
