@@ -159,6 +159,27 @@ describe('SIGTERM during run', () => {
   });
 });
 
+describe('preflight', () => {
+  it('refuses to stage without room, with the numbers, before changing anything (exit 9)', async () => {
+    const m = await bootMachine({
+      name: 'no-space', bootUnit: 'multi-user.target',
+      prepare: (root) => installInto(root, { image: fx.image.ref, registryHost: fx.registry.host, generator: false, config: { spaceFactor: 100 } }),
+    });
+    try {
+      await m.waitForSystemState(['running', 'degraded']);
+      const free = Number((await sh(m, 'df -B1 --output=avail /run | tail -1')).trim());
+      const r = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(free).toBeLessThan(fx.image.layers.reduce((n, l) => n + l.size, 0) * 100);
+      expect(r.exitCode).toBe(9);
+      expect(r.stderr).toMatch(/preflight: staging needs \d+ MiB \(\d+ MiB compressed x spaceFactor 100\) but only \d+ MiB is free/);
+      expect(await usrIs(m)).toBe('old');
+      expect(await sh(m, 'ls /run/node-image-pivot/staging 2>/dev/null | wc -l')).toBe('0\n');
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
 describe('the isolate job fails', () => {
   it('names the failed unit, exits 8, and the state file says so', async () => {
     const broken = '[Unit]\nDescription=a unit multi-user.target requires, which fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n';

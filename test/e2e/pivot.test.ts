@@ -62,6 +62,8 @@ describe('pivot e2e', () => {
     ]);
     // The generator, rerun by the final reload, no longer sends default.target to the pivot.
     expect((await sh(m, 'systemctl get-default')).trim()).toBe('multi-user.target');
+    // sd_notify: the last STATUS= stays visible in `systemctl status`.
+    expect(await sh(m, 'systemctl show -p StatusText --value node-image-pivot.service')).toBe(`pivoted to ${fx.image.manifestDigest}\n`);
     const svc = await m.unitState('node-image-pivot.service');
     expect(svc.result).toBe('success');
     const journal = await m.journal('node-image-pivot.service');
