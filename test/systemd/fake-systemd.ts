@@ -7,6 +7,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dbus from '@particle/dbus-next';
+import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
+import { SystemdManager } from '../../src/systemd/manager.ts';
 // (types.d.ts declares newError's first parameter a string; at run time it is the call Message)
 
 export const MATCH_RULE_LIMIT = 64;
@@ -183,4 +185,32 @@ export class FakeSystemd {
         return false;
     }
   }
+}
+
+export interface FakeSystemdContext {
+  bus: PrivateBus;
+  fake: FakeSystemd;
+  mgr: SystemdManager;
+}
+
+/**
+ * Registers the hooks every fake-Manager test file needs: one private bus per file, a fresh
+ * fake systemd and a connected SystemdManager per test. Read the fields inside tests only.
+ */
+export function useFakeSystemd(cleanup?: () => void): FakeSystemdContext {
+  const ctx = {} as FakeSystemdContext;
+  beforeAll(() => {
+    ctx.bus = startPrivateBus();
+  });
+  afterAll(() => ctx.bus.stop());
+  beforeEach(async () => {
+    ctx.fake = await FakeSystemd.start(ctx.bus.address);
+    ctx.mgr = await SystemdManager.connect(ctx.bus.address, { callTimeoutMs: 2000 });
+  });
+  afterEach(async () => {
+    cleanup?.();
+    await ctx.mgr.close();
+    ctx.fake.stop();
+  });
+  return ctx;
 }
