@@ -66,7 +66,8 @@ export async function buildBinary(): Promise<string> {
   chmodSync(binary, 0o755);
   // Stripping first saves ~18 MB of symbols nobody reads on a node; Ignition downloads this.
   try {
-    execFileSync('strip', ['--strip-all', binary], { stdio: 'inherit' });
+    // strip warns about the notes sections of Node's build; those warnings are noise here.
+    execFileSync('strip', ['--strip-all', binary], { stdio: ['ignore', 'inherit', 'ignore'] });
   } catch {
     console.warn('build: strip not found, the binary keeps its symbols');
   }

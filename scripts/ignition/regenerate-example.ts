@@ -3,7 +3,7 @@
 // test fails when example.ign is stale. Usage: node scripts/ignition/regenerate-example.ts [--check]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { readValidConfig } from '../../src/commands/ignition.ts';
+import { readValidConfig } from '../../src/ignition/generate.ts';
 import { readUnitAssets } from '../../src/ignition/assets.ts';
 import { buildIgnition, serialize } from '../../src/ignition/build.ts';
 

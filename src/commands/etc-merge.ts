@@ -1,8 +1,5 @@
 import type { Command } from './types.ts';
 import { requireOpt } from './shared.ts';
-import {
-  applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan,
-} from '../etc/index.ts';
 
 export const etcMergeCommand: Command = {
   name: 'etc-merge',
@@ -31,6 +28,8 @@ export const etcMergeCommand: Command = {
   },
   positionals: { names: [], min: 0, max: 0 },
   async run({ values }) {
+    // Loaded on use: a command pays start-up time and memory only for the modules it needs.
+    const { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan } = await import('../etc/index.ts');
     const base = requireOpt(values, 'base', 'etc-merge');
     const current = requireOpt(values, 'current', 'etc-merge');
     const next = requireOpt(values, 'new', 'etc-merge');

@@ -1,36 +1,11 @@
-import { createWriteStream, readFileSync, renameSync, rmSync } from 'node:fs';
-import { finished } from 'node:stream/promises';
 import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
-import { PivotError, isErrno } from '../errors.ts';
-import { parseConfig } from '../config.ts';
-import { log } from '../log.ts';
-import { unitAssets } from '../ignition/assets.ts';
-import { buildIgnition, writeIgnition, type BinarySource } from '../ignition/build.ts';
+import { PivotError } from '../errors.ts';
+import type { BinarySource } from '../ignition/build.ts';
 import { runningBinary } from '../ignition/binary.ts';
 
 function usage(message: string): PivotError {
   return new PivotError('usage', `ignition: ${message}`, { fix: "run 'node-image-pivot ignition --help'" });
-}
-
-/** Reads and validates the config so that a bad one never ships to a node. Returns its text. */
-export function readValidConfig(path: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new PivotError('config', `cannot read config ${path}: ${isErrno(err, 'ENOENT') ? 'no such file' : (err as Error).message}`, {
-      path, fix: 'pass --config with the config.json to install',
-    });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new PivotError('config', `config ${path} is not valid JSON: ${(err as Error).message}`, { path, fix: `fix the JSON syntax in ${path}` });
-  }
-  parseConfig(json, path);
-  return text.endsWith('\n') ? text : `${text}\n`;
 }
 
 export function binarySourceFrom(values: Record<string, unknown>): BinarySource {
@@ -43,29 +18,6 @@ export function binarySourceFrom(values: Record<string, unknown>): BinarySource 
   if (url === undefined) throw usage('--binary-sha512 needs --binary-url');
   if (sha === undefined) throw usage('--binary-url needs --binary-sha512 (Ignition verifies what it downloads)');
   return { kind: 'remote', url, sha512: sha };
-}
-
-/** Generates the config into `output` (atomically) or stdout. */
-export async function generateIgnition(opts: { config: string; binary: BinarySource; output?: string }): Promise<void> {
-  const configText = readValidConfig(opts.config);
-  const doc = buildIgnition({ configText, binary: opts.binary, assets: unitAssets() });
-  if (opts.output === undefined) {
-    await writeIgnition(doc, opts.binary, process.stdout);
-    return;
-  }
-  const tmp = `${opts.output}.tmp-${process.pid}`;
-  const out = createWriteStream(tmp, { mode: 0o644 });
-  try {
-    const r = await writeIgnition(doc, opts.binary, out);
-    out.end();
-    await finished(out);
-    renameSync(tmp, opts.output);
-    log().info({ output: opts.output, ...(r.embeddedSha512 ? { sha512: r.embeddedSha512 } : {}) }, `wrote ${opts.output}`);
-  } catch (err) {
-    out.destroy();
-    rmSync(tmp, { force: true });
-    throw err;
-  }
 }
 
 export const ignitionCommand: Command = {
@@ -97,6 +49,7 @@ export const ignitionCommand: Command = {
     if (config === undefined) throw usage('missing --config');
     const binary = binarySourceFrom(values);
     const output = stringOpt(values, 'output');
+    const { generateIgnition } = await import('../ignition/generate.ts');
     await generateIgnition({ config, binary, ...(output === undefined ? {} : { output }) });
     return 0;
   },

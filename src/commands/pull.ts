@@ -1,9 +1,7 @@
 import type { Command, ParsedArgs } from './types.ts';
 import { PivotError } from '../errors.ts';
 import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
-import { configSchema } from '../config.ts';
-import { formatPullSummary, pullToDest } from '../unpack/index.ts';
-import { openImage, writeOciLayout, type RegistryOptions } from '../registry/index.ts';
+import type { RegistryOptions } from '../registry/index.ts';
 
 /** The registry flags shared by pull and resolve, as RegistryOptions. */
 export function registryOptionsFrom(values: ParsedArgs['values']): RegistryOptions {
@@ -38,6 +36,9 @@ export const pullCommand: Command = {
   },
   positionals: { names: ['IMAGE'], min: 1, max: 1 },
   async run(args) {
+    const [{ configSchema }, { formatPullSummary, pullToDest }, { openImage, writeOciLayout }] = await Promise.all([
+      import('../config.ts'), import('../unpack/index.ts'), import('../registry/index.ts'),
+    ]);
     const dest = stringOpt(args.values, 'dest');
     const layout = stringOpt(args.values, 'oci-layout');
     if ((dest === undefined) === (layout === undefined)) {

@@ -1,7 +1,6 @@
 import type { Command } from './types.ts';
 import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
 import { registryOptionsFrom } from './pull.ts';
-import { resolveComponent } from '../registry/index.ts';
 
 export const resolveCommand: Command = {
   name: 'resolve',
@@ -20,6 +19,7 @@ export const resolveCommand: Command = {
   },
   positionals: { names: ['RELEASE_IMAGE'], min: 1, max: 1 },
   async run(args) {
+    const { resolveComponent } = await import('../registry/index.ts');
     const component = stringOpt(args.values, 'component') ?? 'rhel-coreos';
     const r = await resolveComponent(args.positionals[0]!, component, registryOptionsFrom(args.values));
     process.stdout.write(args.values.json ? `${JSON.stringify({ component, ...r })}\n` : `${r.pullspec}\n`);

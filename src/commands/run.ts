@@ -1,13 +1,9 @@
 import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
-import { DEFAULT_CONFIG_PATH, loadConfig } from '../config.ts';
 import { ExitCode } from '../errors.ts';
 import { log } from '../log.ts';
-import { requestStop, runPivot } from '../pivot.ts';
-import { realCapabilities } from '../pivot-capabilities.ts';
-import { Progress } from '../progress.ts';
 
-function installSignalHandlers(): void {
+function installSignalHandlers(requestStop: (signal: string) => 'now' | 'deferred'): void {
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(signal, () => {
       if (requestStop(signal) === 'now') process.exit(ExitCode.interrupted);
@@ -39,8 +35,11 @@ export const runCommand: Command = {
   },
   positionals: { names: [], min: 0, max: 0 },
   async run(args) {
+    const [{ DEFAULT_CONFIG_PATH, loadConfig }, { requestStop, runPivot }, { realCapabilities }, { Progress }] = await Promise.all([
+      import('../config.ts'), import('../pivot.ts'), import('../pivot-capabilities.ts'), import('../progress.ts'),
+    ]);
     const cfg = loadConfig(stringOpt(args.values, 'config') ?? DEFAULT_CONFIG_PATH);
-    installSignalHandlers();
+    installSignalHandlers(requestStop);
     const started = performance.now();
     const outcome = await runPivot({
       cfg,

@@ -1,7 +1,7 @@
 import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
 import { readState, type PivotState } from '../state.ts';
-import { SystemdManager, type ManagerFacts } from '../systemd/manager.ts';
+import type { ManagerFacts } from '../systemd/manager.ts';
 import { asPivotError } from '../errors.ts';
 
 export interface StatusReport {
@@ -13,6 +13,7 @@ export async function collectStatus(stateDir: string, busAddress?: string): Prom
   const state = readState(stateDir) ?? null;
   let systemd: StatusReport['systemd'];
   try {
+    const { SystemdManager } = await import('../systemd/manager.ts');
     const mgr = await SystemdManager.connect(busAddress);
     try {
       systemd = await mgr.facts();

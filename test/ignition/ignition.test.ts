@@ -6,7 +6,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { readUnitAssets, UNIT_NAMES } from '../../src/ignition/assets.ts';
 import { buildIgnition, writeIgnition, type IgnitionConfig } from '../../src/ignition/build.ts';
-import { generateIgnition } from '../../src/commands/ignition.ts';
+import { generateIgnition } from '../../src/ignition/generate.ts';
 import { main } from '../../src/cli.ts';
 import { renderExample, EXAMPLE_PATH } from '../../scripts/ignition/regenerate-example.ts';
 import { decodeDataUrl, validateIgnition34 } from './validate.ts';
