@@ -96,7 +96,9 @@ export function pivotPull(id: string, binary: string, registriesConf: string): C
     async run(image, dir) {
       const r = await exec([binary, 'pull', image.ref, '--dest', join(dir, 'root'), '--registries-conf', registriesConf, '--json'], {
         pollRss: true,
-        env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn' },
+        // As units/node-image-pivot.service runs it: MALLOC_ARENA_MAX=2 keeps glibc from holding
+        // freed zlib buffers in per-thread arenas.
+        env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
       });
       const { stdout: _, ...rest } = r;
       return rest;
