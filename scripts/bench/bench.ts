@@ -17,6 +17,7 @@ import { pushLayout } from '../../test/helpers/oci-image.ts';
 import { generateImage, SPECS, type GeneratedImage } from './gen-image.ts';
 import { cleanRunDir, exec, floor, pivotPull, podmanPull, skopeoUmoci, type BenchImage, type Contender, type RunResult } from './runners.ts';
 import { etcMergeBench, pivotOverhead, resolveBench } from './extras.ts';
+import { pivotStateFile } from './pivot-run.ts';
 import { summarise, printReport, type ToolStats } from './report.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
@@ -160,7 +161,13 @@ async function main(): Promise<void> {
       const release = await generateImage(SPECS.release!, cacheRoot, say);
       await pushLayout(release.layoutDir, release.tag, reg.host, 'bench/release');
       extras.resolve = await resolveBench(binary, `${reg.host}/bench/release:${release.tag}`, conf, release);
-      extras.pivot = pivotOverhead(values['state-file']);
+      let stateFile = values['state-file'];
+      if (!stateFile && !quick) {
+        // No state file given: measure a real pivot in an nspawn machine (needs root).
+        stateFile = await pivotStateFile(join(root, 'bench/results/pivot-state.json'), say)
+          .catch((err: unknown) => { say(`pivot: could not run (${(err as Error).message})`); return undefined; });
+      }
+      extras.pivot = pivotOverhead(stateFile);
     }
 
     const report = {

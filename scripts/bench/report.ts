@@ -11,6 +11,8 @@ export interface ToolStats {
   /** (max - min) / median, percent. */
   spreadPct?: number;
   peakRssMiB?: { median: number; max: number; runs: number[] };
+  /** Peak RssAnon: the process's own memory, without the executable's file pages. */
+  peakAnonMiB?: { median: number; max: number; runs: number[] };
   /** Median user+system CPU seconds (GNU time), and ru_maxrss in MiB. */
   cpuSeconds?: number;
   maxRssMiB?: number;
@@ -39,6 +41,8 @@ export function summarise(label: string, runs: RunResult[], unavailable: string 
   out.spreadPct = Math.round(((out.max - out.min) / out.median) * 100);
   const rss = runs.map((r) => r.peakRssKiB).filter((x): x is number => x !== undefined && x > 0).map((k) => Math.round(k / 1024));
   if (rss.length) out.peakRssMiB = { median: median(rss), max: Math.max(...rss), runs: rss };
+  const anon = runs.map((r) => r.peakAnonKiB).filter((x): x is number => x !== undefined && x > 0).map((k) => Math.round(k / 1024));
+  if (anon.length) out.peakAnonMiB = { median: median(anon), max: Math.max(...anon), runs: anon };
   const cpu = runs.map((r) => r.cpuSeconds).filter((x): x is number => x !== undefined);
   if (cpu.length) out.cpuSeconds = r2(median(cpu));
   const maxrss = runs.map((r) => r.maxRssKiB).filter((x): x is number => x !== undefined);
@@ -63,7 +67,7 @@ export function printReport(_report: unknown, results: Results, extras: Record<s
   const lines: string[] = [];
   const ids = [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
   const cell = (s: ToolStats | undefined): string => (s?.median === undefined ? 'n/a' : `${s.median.toFixed(2)}±${s.spreadPct}%`);
-  lines.push(['image', ...ids.map((i) => `${i} (s)`), 'a/b', 'a/c', 'a/d', 'a peak RSS'].map((c) => c.padEnd(13)).join(' '));
+  lines.push(['image', ...ids.map((i) => `${i} (s)`), 'a/b', 'a/c', 'a/d', 'a peak RSS', 'a peak anon'].map((c) => c.padEnd(13)).join(' '));
   for (const [image, r] of Object.entries(results)) {
     const row: Record<string, number | string> = { 'a/b': ratio(r.a, r.b), 'a/c': ratio(r.a, r.c), 'a/d': ratio(r.a, r.d) };
     for (const v of ids.filter((i) => !['a', 'b', 'c', 'd'].includes(i))) row[`${v}/d`] = ratio(r[v], r.d);
@@ -71,7 +75,7 @@ export function printReport(_report: unknown, results: Results, extras: Record<s
     ratios[image] = row;
     const short = (x: number | string | undefined): string => (typeof x === 'number' ? x.toFixed(2) : 'n/a');
     lines.push([image, ...ids.map((i) => cell(r[i])), short(row['a/b']), short(row['a/c']), short(row['a/d']),
-      r.a?.peakRssMiB ? `${r.a.peakRssMiB.median} MiB` : 'n/a'].map((c) => c.padEnd(13)).join(' '));
+      r.a?.peakRssMiB ? `${r.a.peakRssMiB.median} MiB` : 'n/a', r.a?.peakAnonMiB ? `${r.a.peakAnonMiB.median} MiB` : 'n/a'].map((c) => c.padEnd(13)).join(' '));
   }
   const x1 = results.ref?.a?.peakRssMiB?.median;
   const x2 = results['ref-x2']?.a?.peakRssMiB?.median;
@@ -89,6 +93,9 @@ export function printReport(_report: unknown, results: Results, extras: Record<s
     check(`${image}: a/b <= 0.5`, ratios[image]!['a/b'], (v) => v <= 0.5);
   }
   check('peak RSS of a <= 150 MiB', peak || undefined, (v) => v <= 150);
+  // Reported beside the target, not instead of it: the part of the peak that is the process's own.
+  const anonPeak = Math.max(0, ...Object.values(results).map((r) => r.a?.peakAnonMiB?.max ?? 0));
+  check('peak anonymous RSS of a <= 150 MiB (informational)', anonPeak || undefined, (v) => v <= 150);
   check('RSS ref-x2/ref <= 1.10', rssRatio, (v) => v <= 1.1);
   check('/etc merge < 1000 ms', num(etc?.totalMsMedian), (v) => v < 1000);
   check('pivot overhead < 2 s', num(pivot?.overheadSeconds), (v) => v < 2);

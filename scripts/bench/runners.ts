@@ -12,6 +12,8 @@ export interface RunResult {
   seconds: number;
   /** Peak resident set of the measured process, KiB (a only), polled from VmHWM. */
   peakRssKiB?: number;
+  /** Peak anonymous resident memory (RssAnon), KiB (a only): the process's own RAM. */
+  peakAnonKiB?: number;
   /** user+system CPU seconds of the process and everything it waited for (GNU time). */
   cpuSeconds?: number;
   /** ru_maxrss of the largest process in the run, KiB (GNU time). */
@@ -41,13 +43,19 @@ export class CommandError extends Error {}
 
 const GNU_TIME = '/usr/bin/time';
 
-/** VmHWM of the process GNU time runs (its only child), or of pid itself without GNU time. */
-function vmHwmKiB(pid: number, wrapped: boolean): number | undefined {
+/**
+ * VmHWM and RssAnon of the process GNU time runs (its only child), or of pid itself without GNU
+ * time. RssAnon is what the process costs beyond the page cache: VmHWM also counts the pages of
+ * the executable it touched, which on a live ISO are the RAM-backed file itself, not a copy.
+ */
+function memoryKiB(pid: number, wrapped: boolean): { hwm: number; anon: number } | undefined {
   try {
     const target = wrapped ? readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ')[0] : String(pid);
     if (!target) return undefined;
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${target}/status`, 'utf8'));
-    return m ? Number(m[1]) : undefined;
+    const status = readFileSync(`/proc/${target}/status`, 'utf8');
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
+    const anon = /RssAnon:\s+(\d+) kB/.exec(status);
+    return hwm && anon ? { hwm: Number(hwm[1]), anon: Number(anon[1]) } : undefined;
   } catch {
     return undefined;
   }
@@ -65,10 +73,17 @@ export function exec(argv: string[], opts: { env?: NodeJS.ProcessEnv; pollRss?: 
     let stdout = '';
     let stderr = '';
     let peak = 0;
+    let peakAnon = 0;
     child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
     child.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
     // VmHWM only grows, so the last reading before exit is the peak up to then; 10 ms apart.
-    const timer = opts.pollRss && child.pid ? setInterval(() => { peak = Math.max(peak, vmHwmKiB(child.pid!, wrapped) ?? 0); }, 10) : undefined;
+    const timer = opts.pollRss && child.pid ? setInterval(() => {
+      const m = memoryKiB(child.pid!, wrapped);
+      if (m) {
+        peak = Math.max(peak, m.hwm);
+        peakAnon = Math.max(peakAnon, m.anon);
+      }
+    }, 10) : undefined;
     child.on('error', (err) => { if (timer) clearInterval(timer); reject(err); });
     child.on('exit', (code, signal) => {
       if (timer) clearInterval(timer);
@@ -83,7 +98,7 @@ export function exec(argv: string[], opts: { env?: NodeJS.ProcessEnv; pollRss?: 
         reject(new CommandError(`${argv.slice(0, 3).join(' ')} … exited ${code ?? signal}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`));
         return;
       }
-      resolve({ seconds, stdout, ...(opts.pollRss ? { peakRssKiB: peak } : {}), ...cpu });
+      resolve({ seconds, stdout, ...(opts.pollRss ? { peakRssKiB: peak, peakAnonKiB: peakAnon } : {}), ...cpu });
     });
   });
 }
