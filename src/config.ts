@@ -32,6 +32,8 @@ const timeoutsSchema = z.strictObject({
   connectSeconds: z.number().int().positive().default(30),
   /** How long to wait for the isolate job's JobRemoved signal. */
   isolateSeconds: z.number().int().positive().default(900),
+  /** Cap of the wait between failed attempts this boot (see retryDelaySeconds); 0 disables. */
+  retryBackoffMaxSeconds: z.number().int().min(0).max(3600).default(300),
 });
 
 export const configSchema = z

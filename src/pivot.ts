@@ -117,6 +117,25 @@ export function decideSkip(input: {
   return same ? { skip: true, reason: `already pivoted this boot to ${p.image.digest}` } : { skip: false };
 }
 
+/**
+ * Pure: which attempt this run is, from the previous run's state. A failure earlier this boot
+ * makes this a retry; anything else (no state, another boot, a success) starts over at 1.
+ */
+export function attemptNumber(prior: PivotState | undefined, bootId: string): number {
+  if (!prior || prior.bootId !== bootId || prior.result !== 'failed') return 1;
+  return (prior.attempt ?? 1) + 1;
+}
+
+/**
+ * Pure: how long to wait before this attempt, on top of the unit's RestartSec=15s. systemd 252
+ * has no RestartSteps=, so the backoff lives here: retries 2, 3, 4, 5, 6, 7... start about
+ * 15, 30, 60, 120, 240, 300 s after the previous failure (15 s base, doubling, capped).
+ */
+export function retryDelaySeconds(attempt: number, maxSeconds: number, restartSec = 15): number {
+  if (attempt < 3 || maxSeconds <= restartSec) return 0;
+  return Math.max(0, Math.min(restartSec * 2 ** (attempt - 2), maxSeconds) - restartSec);
+}
+
 /** Pure: enough room to stage? Returns the shortfall message or undefined. */
 export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number): string | undefined {
   const needed = Math.ceil(compressedBytes * factor);
@@ -167,7 +186,8 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const { cfg, caps, progress } = req;
   const prior = readState(cfg.stateDir);
   const bootId = readBootId();
-  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service');
+  const attempt = attemptNumber(prior, bootId);
+  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', undefined, attempt);
   run.recorder = rec;
   let undoMount: (() => Promise<void>) | undefined;
 
@@ -206,6 +226,16 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       const configured = cfg.image ?? cfg.releaseImage;
       return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
     }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
+    // Permanent failures (2 config, 4 verification, 7 /etc conflict) are not retried by the unit;
+    // a rerun after one is someone fixing the cause, who should not wait.
+    const permanent = [2, 4, 7].includes(prior?.error?.exitCode ?? 0);
+    const delay = req.dryRun || pre.decision.skip || permanent ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
+    if (delay > 0) {
+      const why = prior?.error?.line ?? 'the previous attempt failed';
+      log().warn({ attempt, delaySeconds: delay }, `attempt ${attempt} this boot: waiting ${delay} s before retrying (last failure: ${why})`);
+      progress.phase('backoff', `attempt ${attempt}, waiting ${delay} s`);
+      await new Promise((resolve) => setTimeout(resolve, delay * 1000));
+    }
     if (pre.decision.skip && !req.dryRun) {
       if (prior?.image && pre.decision.reason?.startsWith('already pivoted')) rec!.setImage(prior.image);
       return await finishSkipped(req, rec!, pre.decision.reason!);

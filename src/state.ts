@@ -49,6 +49,8 @@ export interface PivotState {
   mode: 'isolate' | 'service';
   startedAt: string;
   updatedAt: string;
+  /** 1 for the first run this boot; counts up while runs keep failing. */
+  attempt?: number;
   result: RunResult;
   /** Why the run was skipped, when it was. */
   skipReason?: string;
@@ -101,7 +103,7 @@ export class StateRecorder {
   private readonly stateDir: string;
   private readonly now: () => Date;
 
-  constructor(stateDir: string, mode: PivotState['mode'], now: () => Date = () => new Date()) {
+  constructor(stateDir: string, mode: PivotState['mode'], now: () => Date = () => new Date(), attempt = 1) {
     this.stateDir = stateDir;
     this.now = now;
     const t = this.now().toISOString();
@@ -112,6 +114,7 @@ export class StateRecorder {
       mode,
       startedAt: t,
       updatedAt: t,
+      attempt,
       result: 'running',
       phases: [],
     };

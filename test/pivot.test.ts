@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decideSkip, spaceShortfall } from '../src/pivot.ts';
+import { attemptNumber, decideSkip, retryDelaySeconds, spaceShortfall } from '../src/pivot.ts';
 import type { PivotState } from '../src/state.ts';
 
 const digest = 'sha256:' + 'b'.repeat(64);
@@ -46,5 +46,22 @@ describe('spaceShortfall', () => {
     expect(spaceShortfall(1024 ** 3, 512 * 1024 ** 2, 3)).toBe(
       'staging needs 1536 MiB (512 MiB compressed x spaceFactor 3) but only 1024 MiB is free');
     expect(spaceShortfall(2 * 1024 ** 3, 512 * 1024 ** 2, 3)).toBeUndefined();
+  });
+});
+
+describe('retries', () => {
+  it('counts attempts within a boot while runs keep failing', () => {
+    expect(attemptNumber(undefined, 'boot-1')).toBe(1);
+    expect(attemptNumber(prior({ result: 'failed', attempt: 3 }), 'boot-1')).toBe(4);
+    expect(attemptNumber(prior({ result: 'failed' }), 'boot-1')).toBe(2);
+    expect(attemptNumber(prior({ result: 'failed', attempt: 3 }), 'boot-2')).toBe(1);
+    expect(attemptNumber(prior({ result: 'done', attempt: 3 }), 'boot-1')).toBe(1);
+  });
+
+  it('backs off exponentially on top of RestartSec, capped', () => {
+    const totals = [1, 2, 3, 4, 5, 6, 7, 8].map((a) => retryDelaySeconds(a, 300) + (a > 1 ? 15 : 0));
+    expect(totals).toEqual([0, 15, 30, 60, 120, 240, 300, 300]);
+    expect(retryDelaySeconds(9, 0)).toBe(0);
+    expect(retryDelaySeconds(9, 60)).toBe(45);
   });
 });
