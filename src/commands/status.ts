@@ -33,7 +33,7 @@ export function formatStatus(r: StatusReport): string {
     lines.push('pivot: not run this boot (no state file)');
   } else {
     const img = s.image ? `${s.image.reference}${s.image.digest && !s.image.reference.endsWith(s.image.digest) ? ` @ ${s.image.digest}` : ''}${s.image.releaseImage ? ` (from ${s.image.releaseImage})` : ''}` : '(not resolved yet)';
-    lines.push(`pivot: ${s.result}${s.current ? ` (in phase ${s.current})` : ''}, mode ${s.mode}, pid ${s.pid}`);
+    lines.push(`pivot: ${s.result}${s.current ? ` (in phase ${s.current})` : ''}, mode ${s.mode}, pid ${s.pid}${s.attempt && s.attempt > 1 ? `, attempt ${s.attempt} this boot` : ''}`);
     lines.push(`image: ${img}`);
     if (s.skipReason) lines.push(`skipped: ${s.skipReason}`);
     lines.push(`started: ${s.startedAt}, updated: ${s.updatedAt}`);
