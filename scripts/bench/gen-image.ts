@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
+import { rng } from '../../test/helpers/rng.ts';
 
 export interface ImageSpec {
   name: string;
@@ -58,17 +59,6 @@ export const SPECS: Record<string, ImageSpec> = {
   quick: { name: 'quick', seed: 7, layers: 3, files: 2000, bigFiles: [12 * MiB], smallBytes: 24 * MiB, symlinks: 100, compression: 'gzip' },
 };
 
-/** Small PRNG (mulberry32): deterministic, fast, good enough for shapes and sizes. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** 64 MiB: 25% AES-CTR noise (stands in for compressed sections), 75% words. Seeded. */
 function makePool(seed: number): Buffer {

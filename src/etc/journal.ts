@@ -12,6 +12,7 @@ import {
 import { dirname, join, resolve } from 'node:path';
 import { PivotError, isErrno } from '../errors.ts';
 import { log } from '../log.ts';
+import { readBootId } from '../state.ts';
 
 export const JOURNAL_NAME = '.node-image-pivot-etc-journal';
 const LOG = 'log';
@@ -224,13 +225,8 @@ export function sameMount(dir: string, current: string, someFile: string | undef
   }
 }
 
-export function bootId(): string {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return 'unknown';
-  }
-}
+/** The kernel's id of this boot, shared with the state file's (a journal names the boot it was written in). */
+export const bootId = readBootId;
 
 /** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
 export function startTicks(pid: number): string | undefined {

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readXattrs, xattrs } from '../../src/xattr.ts';
 import type { EtcEntry, EtcTree } from '../../src/etc/types.ts';
+import { rng } from '../helpers/rng.ts';
 
 // Keep test output readable: the merge logs one info line per apply.
 process.env.NODE_IMAGE_PIVOT_LOG_LEVEL ??= 'warn';
@@ -197,16 +198,7 @@ export function modelMerge(baseIn: Spec, currentIn: Spec, nextIn: Spec): { resul
 
 // --- seeded generator -------------------------------------------------------------------------
 
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 const NAMES = ['a', 'b', 'conf', 'with space', 'new\nline', 'ünï€', 'd1', 'd2'];
 
