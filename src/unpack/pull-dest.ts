@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { PivotError } from '../errors.ts';
 import { log } from '../log.ts';
-import { openImage, type RegistryOptions } from '../registry/index.ts';
+import { mapLimit, openImage, type RegistryOptions } from '../registry/index.ts';
 import { unpackLayers, type LayerSource, type UnpackOptions, type UnpackSummary } from './layers.ts';
 
 export interface PullToDestSummary extends UnpackSummary {
@@ -14,6 +14,8 @@ export interface PullToDestSummary extends UnpackSummary {
   manifestDigest: string;
   source: string;
   dest: string;
+  /** Bytes fetched, resumed and served from the blob cache. */
+  transfer: { bytesFetched: number; bytesResumed: number; bytesFromCache: number };
 }
 
 export async function pullToDest(ref: string, dest: string, registry: RegistryOptions, unpack: UnpackOptions): Promise<PullToDestSummary> {
@@ -46,8 +48,13 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
     throw err;
   });
   const inFlight: Verifiable[] = [];
+  // With a blob cache (the pivot's staging), layers download ahead, `concurrency` at a time, into
+  // verified files, while earlier ones unpack; a rerun after a failure reuses what is there.
+  // Without one (pull --dest), each layer streams straight from the registry into the unpacker.
+  const prefetch = registry.cacheDir ? startPrefetch(image) : undefined;
   try {
-    const layers: LayerSource[] = image.layers.map((l) => {
+    const layers: LayerSource[] = image.layers.map((l, i) => {
+      if (prefetch) return { ...l, open: async () => { await prefetch.ready(i); return image.openBlob(l); } };
       const v = keepVerifiable(() => image.openBlob(l));
       inFlight.push(v);
       return { ...l, open: v.open };
@@ -61,6 +68,7 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
       manifestDigest: image.manifestDigest,
       source: image.source,
       dest: dir,
+      transfer: pick(image.stats()),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
@@ -77,8 +85,42 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
     }
     throw err;
   } finally {
+    // Downloads still running after a failure finish into the cache (the retry wants them);
+    // closing the connections under them would only turn them into errors.
+    await prefetch?.settled();
     await image.close();
   }
+}
+
+function pick(s: { bytesFetched: number; bytesResumed: number; bytesFromCache: number }): PullToDestSummary['transfer'] {
+  return { bytesFetched: s.bytesFetched, bytesResumed: s.bytesResumed, bytesFromCache: s.bytesFromCache };
+}
+
+interface Prefetch {
+  /** Resolves when layer i is in the cache, verified; rejects with the first download failure. */
+  ready(i: number): Promise<void>;
+  settled(): Promise<void>;
+}
+
+function startPrefetch(image: Awaited<ReturnType<typeof openImage>>): Prefetch {
+  const waiters = image.layers.map(() => {
+    let resolve!: () => void;
+    let reject!: (err: unknown) => void;
+    const promise = new Promise<void>((res, rej) => { resolve = res; reject = rej; });
+    promise.catch(() => undefined); // a layer nobody waits for must not become an unhandled rejection
+    return { promise, resolve, reject };
+  });
+  const all = mapLimit(image.layers, image.concurrency, async (layer, i) => {
+    await image.fetchBlobToCache(layer);
+    waiters[i]!.resolve();
+  }).catch((err: unknown) => {
+    // mapLimit stops starting downloads after the first failure: fail every layer still waiting.
+    for (const w of waiters) w.reject(err);
+  });
+  return {
+    ready: (i) => waiters[i]!.promise,
+    settled: async () => { await all; },
+  };
 }
 
 interface Verifiable {

@@ -9,7 +9,10 @@ import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { compareTrees } from '../helpers/tree-compare.ts';
 import { insecureConf, runCli } from '../registry/util.ts';
 import { fixtureLayers } from './fixture-image.ts';
-import { GZIP, ZSTD, compress, sandbox, type Sandbox } from './util.ts';
+import { GZIP, ZSTD, compress, defaultLimits, sandbox, type Sandbox } from './util.ts';
+import { pullToDest } from '../../src/unpack/index.ts';
+import { ENV_VAR, resetFailpoints } from '../../src/failpoints.ts';
+import { PivotError } from '../../src/errors.ts';
 
 const isRoot = process.getuid?.() === 0;
 let sb: Sandbox;
@@ -88,5 +91,44 @@ describe.skipIf(!isRoot)('pull --dest', () => {
     } finally {
       writeFileSync(blob, good);
     }
+  });
+
+  describe('with a blob cache (the pivot pulls this way)', () => {
+    const unpackOpts = { limits: defaultLimits(), allowDevices: false, keepSysroot: false };
+    const umociTree = (): string => {
+      // The same normalisation as above: no ostree repo, no device nodes.
+      const root = join(sb.base, 'dest-umoci', 'rootfs');
+      rmSync(join(root, 'sysroot', 'ostree'), { recursive: true, force: true });
+      rmSync(join(root, 'dev-null'), { force: true });
+      return root;
+    };
+
+    it('downloads ahead into verified cache files and unpacks the same tree', async () => {
+      const cacheDir = join(sb.base, 'dest-cache-a');
+      const out = join(sb.base, 'dest-cached');
+      const s = await pullToDest(`${reg.host}/ns/node:v1`, out, { registriesConf: conf, cacheDir }, unpackOpts);
+      expect(s.transfer.bytesFetched).toBeGreaterThanOrEqual(s.compressedBytes);
+      for (const l of img.layers) expect(readFileSync(join(cacheDir, l.digest.slice(7))).length).toBe(l.size);
+      expect(compareTrees(umociTree(), out, { ignoreXattrs: ['security.selinux'] })).toEqual([]);
+    });
+
+    it('a rerun after a failure takes the verified blobs from the cache instead of the registry', async () => {
+      const cacheDir = join(sb.base, 'dest-cache-b');
+      const out = join(sb.base, 'dest-rerun');
+      process.env[ENV_VAR] = 'unpack.layer:error=network@4';
+      resetFailpoints();
+      try {
+        await expect(pullToDest(`${reg.host}/ns/node:v1`, out, { registriesConf: conf, cacheDir }, unpackOpts)).rejects.toBeInstanceOf(PivotError);
+      } finally {
+        delete process.env[ENV_VAR];
+        resetFailpoints();
+      }
+      expect(existsSync(out) || existsSync(`${out}.partial`)).toBe(false);
+      const s = await pullToDest(`${reg.host}/ns/node:v1`, out, { registriesConf: conf, cacheDir }, unpackOpts);
+      const layerBytes = img.layers.reduce((n, l) => n + l.size, 0);
+      expect(s.transfer.bytesFromCache).toBeGreaterThanOrEqual(layerBytes);
+      expect(s.transfer.bytesFetched).toBeLessThan(layerBytes);
+      expect(compareTrees(umociTree(), out, { ignoreXattrs: ['security.selinux'] })).toEqual([]);
+    });
   });
 });
