@@ -28,6 +28,9 @@ export async function bundleOnly(): Promise<string> {
     sourcemap: false,
     legalComments: 'none',
     logLevel: 'warning',
+    // Modules that find files next to themselves test `typeof __dirname` first and only fall
+    // back to import.meta in ESM (tests, node src/main.ts); in the bundle the fallback is dead.
+    logOverride: { 'empty-import-meta': 'silent' },
     banner: { js: '"use strict";' },
     // The units and generator travel inside the binary, for `ignition` on machines without units/.
     define: { __NODE_IMAGE_PIVOT_ASSETS__: JSON.stringify(readUnitAssets(join(root, 'units'))) },
@@ -60,7 +63,7 @@ export async function buildBinary(): Promise<string> {
     execArgv: ['--max-semi-space-size=2'],
     assets: { 'xattr.node': xattrAddon() },
   }, null, 2));
-  execFileSync(node, ['--experimental-sea-config', seaConfig], { stdio: 'inherit', cwd: root });
+  execFileSync(node, ['--experimental-sea-config', seaConfig], { stdio: ['ignore', 'ignore', 'inherit'], cwd: root });
   rmSync(binary, { force: true });
   copyFileSync(node, binary);
   chmodSync(binary, 0o755);
@@ -72,8 +75,16 @@ export async function buildBinary(): Promise<string> {
     console.warn('build: strip not found, the binary keeps its symbols');
   }
   const postject = join(root, 'node_modules/postject/dist/cli.js');
-  execFileSync(node, [postject, binary, 'NODE_SEA_BLOB', blob,
-    '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  // postject's ELF library warns about every notes section of Node's build ("Can't find string
+  // offset"); show its output only when the injection fails.
+  try {
+    execFileSync(node, [postject, binary, 'NODE_SEA_BLOB', blob,
+      '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as { stdout?: Buffer; stderr?: Buffer };
+    process.stderr.write(`${e.stdout?.toString() ?? ''}${e.stderr?.toString() ?? ''}`);
+    throw err;
+  }
   rmSync(blob, { force: true });
   const mb = (statSync(binary).size / 1e6).toFixed(1);
   console.log(`build: ${binary} (${mb} MB)`);
