@@ -42,6 +42,11 @@ const only = values.only?.split(',');
 const cacheRoot = join(root, '.cache', 'bench');
 const say = (s: string): void => { process.stderr.write(`bench: ${s}\n`); };
 
+/** From a fresh clone `npm run bench` is the one command: the Debian tools come first (as root). */
+function ensureTools(): void {
+  if (process.getuid?.() === 0) execFileSync('bash', [join(root, 'scripts/testbed/install-deps.sh')], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
 function binaryPath(): string {
   const bin = resolve(values.binary ?? join(root, 'dist', 'node-image-pivot'));
   if (!values.binary && !existsSync(bin)) {
@@ -68,6 +73,7 @@ function machine(): Record<string, unknown> {
 }
 
 async function main(): Promise<void> {
+  ensureTools();
   const binary = binaryPath();
   const version = (await exec([binary, '--version'])).stdout.trim();
   const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
