@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(systemd-container mmdebstrap docker-registry skopeo umoci podman ostree zstd
   dbus-daemon dbus util-linux iproute2 openssl apache2-utils attr e2fsprogs rsync
   systemd selinux-utils policycoreutils
-  python3-minimal)  # python3-minimal: the notify test receives sd_notify datagrams with it
+  python3-minimal time)  # python3-minimal: the notify test receives sd_notify datagrams with it; time: GNU time for the bench
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
