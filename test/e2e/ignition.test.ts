@@ -1,0 +1,56 @@
+// The installer's path end to end: `node-image-pivot ignition --embed` makes the config, an
+// Ignition-style first boot writes it into a fresh boot image (no agent bound in by the test bed),
+// and the machine pivots on its own.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bootMachine, defaultAgentBinary } from '../../scripts/testbed/machine.ts';
+import { KUBELET_MARKER, NODE_VERSION_FILE } from '../helpers/node-image.ts';
+import { applyIgnition, type IgnitionDoc } from '../helpers/ignition-apply.ts';
+import { validateIgnition34 } from '../ignition/validate.ts';
+import { setUpPivotFixture, type PivotFixture } from './pivot-fixture.ts';
+
+let fx: PivotFixture;
+let dir: string;
+
+beforeAll(async () => {
+  fx = await setUpPivotFixture();
+  dir = mkdtempSync(join(tmpdir(), 'nip-ign-e2e-'));
+});
+afterAll(async () => {
+  await fx?.cleanup();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('ignition', () => {
+  it('a boot image provisioned from the generated config pivots by itself', async () => {
+    const config = join(dir, 'config.json');
+    writeFileSync(config, JSON.stringify({ image: fx.image.ref }));
+    const out = join(dir, 'node.ign');
+    execFileSync(defaultAgentBinary(), ['ignition', '--config', config, '--embed', '--output', out], { stdio: 'pipe' });
+    const doc = JSON.parse(readFileSync(out, 'utf8')) as IgnitionDoc;
+    expect(validateIgnition34(doc)).toEqual([]);
+
+    const m = await bootMachine({
+      name: 'ignition', agentBinary: null,
+      prepare: (root) => {
+        const written = applyIgnition(doc, root);
+        expect(written).toContain('/usr/local/bin/node-image-pivot');
+        // The installer's own file, not ours: the loopback registry is plain HTTP.
+        mkdirSync(join(root, 'etc/containers'), { recursive: true });
+        writeFileSync(join(root, 'etc/containers/registries.conf'), `[[registry]]\nlocation = "${fx.registry.host}"\ninsecure = true\n`);
+      },
+    });
+    try {
+      await m.waitForUnit('multi-user.target', 'active', 240_000);
+      await m.waitForUnit('kubelet.service', 'active', 60_000);
+      const r = await m.exec(['sh', '-c', `cat ${NODE_VERSION_FILE} ${KUBELET_MARKER}; /usr/local/bin/node-image-pivot status --json`], { direct: true });
+      expect(r.stdout).toMatch(/^4\.20\.0-e2e\nkubelet 4\.20\.0-e2e/);
+      expect(r.stdout).toMatch(/"result": "done"/);
+    } finally {
+      await m.dispose();
+    }
+  });
+});
