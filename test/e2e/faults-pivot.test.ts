@@ -113,15 +113,25 @@ describe('SIGTERM during run', () => {
     return { status, state };
   }
 
-  it('before the switch (pull): stops at once with exit 10, nothing changed', async () => {
-    const m = await serviceMachine('term-pull');
+  // At the start of each phase. mount and etc-apply are critical: the stop waits for the step,
+  // then the failure path decides: before /etc is applied that means all old, after it all new.
+  const outcomes: Array<[string, 'old' | 'new']> = [
+    ['preflight', 'old'], ['resolve', 'old'], ['pull', 'old'], ['selinux', 'old'], ['etc-plan', 'old'],
+    ['mount', 'old'], ['etc-apply', 'new'], ['refresh', 'new'],
+  ];
+  it.each(outcomes)('at the start of %s: exit 10, all %s, and the rerun converges', async (phase, expected) => {
+    const m = await serviceMachine(`term-${phase}`);
     try {
-      const r = await termDuring(m, 'phase.pull:sleep=3000');
+      const r = await termDuring(m, `phase.${phase}:sleep=3000`);
       expect(r.status).toBe('10');
       expect(r.state.result).toBe('failed');
       expect(r.state.error?.kind).toBe('interrupted');
-      expect(await usrIs(m)).toBe('old');
-      expect(await sh(m, ETC_FINGERPRINT)).toBe(bootEtc);
+      expect(await usrIs(m)).toBe(expected);
+      expect(await sh(m, ETC_MERGE_FINGERPRINT)).toBe(expected === 'old' ? bootEtcFiles : mergedEtcFiles);
+      expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe(expected === 'old' ? '0\n' : '1\n');
+      const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(rerun.exitCode, rerun.stderr).toBe(0);
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
     } finally {
       await m.dispose();
     }
@@ -143,20 +153,6 @@ describe('SIGTERM during run', () => {
     }
   });
 
-  it('after the switch (refresh): the pivot is complete; all new, exit 10, rerun converges', async () => {
-    const m = await serviceMachine('term-refresh');
-    try {
-      const r = await termDuring(m, 'phase.refresh:sleep=3000');
-      expect(r.status).toBe('10');
-      expect(await usrIs(m)).toBe('new');
-      expect(await sh(m, ETC_MERGE_FINGERPRINT)).toBe(mergedEtcFiles);
-      const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
-      expect(rerun.exitCode, rerun.stderr).toBe(0);
-      expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
-    } finally {
-      await m.dispose();
-    }
-  });
 });
 
 describe('preflight', () => {
