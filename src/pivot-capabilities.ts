@@ -17,7 +17,7 @@ import { labelStagedTree, planLabel, policyChanged, reloadPolicyArgv, selinuxEna
 import { SystemdManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
-/** Where the filesystem the agent acts on is rooted; '/' except in tests. */
+/** The host paths the pivot acts on (tests run the whole agent inside nspawn machines instead). */
 export interface HostPaths {
   usr: string;
   etc: string;
@@ -60,10 +60,19 @@ async function isMountpoint(path: string): Promise<boolean> {
 /** Keeps the booted /usr reachable after the switch; private so the switch does not propagate into it. */
 async function bindBootedUsr(paths: HostPaths): Promise<void> {
   if (await isMountpoint(paths.bootedUsr)) return;
-  mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
-  await execa('mount', ['--bind', paths.usr, paths.bootedUsr]);
-  await execa('mount', ['--make-private', paths.bootedUsr]);
-  await execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]);
+  try {
+    mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
+    await execa('mount', ['--bind', paths.usr, paths.bootedUsr]);
+    await execa('mount', ['--make-private', paths.bootedUsr]);
+    await execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]);
+  } catch (err) {
+    const detail = (err as { stderr?: string; message?: string }).stderr?.trim() || (err as Error).message;
+    throw new PivotError('mount', `cannot keep the booted ${paths.usr} visible at ${paths.bootedUsr}: ${detail}`, {
+      path: paths.bootedUsr,
+      fix: 'make sure the agent runs as root in the host mount namespace (no PrivateMounts=/MountFlags= on its unit)',
+      cause: err,
+    });
+  }
 }
 
 async function unitPath(mgr: SystemdManager, unit: string): Promise<string> {
