@@ -121,11 +121,23 @@ export function realCapabilities(): PivotCapabilities {
 
     async pull(cfg, image, _progress: Progress): Promise<StagedTree> {
       const root = join(cfg.stagingDir, hex(image.manifestDigest));
+      const others = (existsSync(cfg.stagingDir) ? readdirSync(cfg.stagingDir) : [])
+        .filter((name) => name !== 'blobs' && name !== hex(image.manifestDigest));
+      // A staged tree that /usr shows is the running system: never delete it, and do not stack
+      // a second pivot on it (its /etc merge would take the first image's defaults for local
+      // changes).
+      const live = others.find((name) => isUsrPivoted('/usr', join(cfg.stagingDir, name)));
+      if (live) {
+        // A config error (exit 2, not retried): the config names an image this boot cannot take.
+        throw new PivotError('config', `/usr already shows another node image (sha256:${live}) this boot`, {
+          path: join(cfg.stagingDir, live),
+          field: cfg.image ? 'image' : 'releaseImage',
+          fix: `reboot to pivot to ${image.manifestDigest}; a second pivot to a different image in one boot is not supported`,
+        });
+      }
       if (existsSync(root)) return { root, reused: true, facts: {} };
       // Leftovers of interrupted runs and of other images only take RAM on a live ISO.
-      for (const name of existsSync(cfg.stagingDir) ? readdirSync(cfg.stagingDir) : []) {
-        if (name !== 'blobs') rmSync(join(cfg.stagingDir, name), { recursive: true, force: true });
-      }
+      for (const name of others) rmSync(join(cfg.stagingDir, name), { recursive: true, force: true });
       const unpacked = `${root}.unpacked`;
       const summary = await pullToDest(pinned ?? image.reference, unpacked, registryOptions(cfg), {
         limits: cfg.limits,

@@ -176,6 +176,26 @@ describe('preflight', () => {
   });
 });
 
+describe('a second pivot in the same boot', () => {
+  it('to a different image is refused before anything changes, and the running /usr is kept', async () => {
+    const m = await serviceMachine('second-pivot');
+    try {
+      const first = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(first.exitCode, first.stderr).toBe(0);
+      await sh(m, `sed -i 's#${fx.image.ref}#${fx.conflictImage.ref}#' /etc/node-image-pivot/config.json`);
+      const etc = await sh(m, ETC_FINGERPRINT);
+      const second = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(second.exitCode).toBe(2);
+      expect(second.stderr).toMatch(/\/usr already shows another node image .* Fix: reboot to pivot to sha256:/);
+      expect(await usrIs(m)).toBe('new');
+      expect(await sh(m, `ls ${NODE_VERSION_FILE} /run/node-image-pivot/staging`)).toContain(fx.image.manifestDigest.slice(7));
+      expect(await sh(m, ETC_FINGERPRINT)).toBe(etc);
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
 describe('the isolate job fails', () => {
   it('names the failed unit, exits 8, and the state file says so', async () => {
     const broken = '[Unit]\nDescription=a unit multi-user.target requires, which fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n';
