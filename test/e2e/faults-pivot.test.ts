@@ -2,7 +2,8 @@
 // SIGTERM during a harmless, a critical and a late phase, and a unit that makes the isolate job
 // fail. Each case checks what the node looks like afterwards, and that a rerun converges on
 // exactly the /etc and /usr a clean pivot produces.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { recordRow } from '../faults/table.ts';
 import { bootMachine, type Machine } from '../../scripts/testbed/machine.ts';
 import { NODE_VERSION_FILE } from '../helpers/node-image.ts';
 import { LOCAL_MOTD, installInto, setUpPivotFixture, type PivotFixture } from './pivot-fixture.ts';
@@ -69,6 +70,23 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await fx?.cleanup();
+});
+
+// Each case is also a row of `npm run test:faults -- --e2e`'s table (docs/reliability.md).
+let caseStarted = 0;
+beforeEach(() => {
+  caseStarted = Date.now();
+});
+afterEach(({ task }) => {
+  const errors = task.result?.errors ?? [];
+  recordRow({
+    category: 'pivot (nspawn)',
+    case: `${task.suite?.name ?? ''}: ${task.name}`,
+    expected: 'as the case name says; rerun converges where it says so',
+    observed: errors.length ? `FAILED: ${String(errors[0]?.message ?? '').slice(0, 200)}` : 'as expected',
+    pass: errors.length === 0,
+    ms: Date.now() - caseStarted,
+  });
 });
 
 describe('kill -9 during run, then a rerun', () => {
