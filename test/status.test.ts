@@ -17,7 +17,14 @@ const failed: PivotState = {
 
 describe('status for humans', () => {
   it('shows result, attempt, image once, each phase and the one-line cause with its fix', () => {
-    const text = formatStatus({ state: failed, systemd: { version: '252', systemState: 'starting', defaultTarget: 'node-image-pivot.target', virtualization: 'kvm' } });
+    const text = formatStatus({
+      state: failed,
+      systemd: { version: '252', systemState: 'starting', defaultTarget: 'node-image-pivot.target', virtualization: 'kvm' },
+      units: [
+        { unit: 'node-image-pivot.service', loadState: 'loaded', activeState: 'activating', subState: 'auto-restart', restarts: 2 },
+        { unit: 'node-image-pivot.target', loadState: 'loaded', activeState: 'inactive', subState: 'dead' },
+      ],
+    });
     expect(text.split('\n')).toEqual([
       'pivot: failed, mode isolate, pid 42, attempt 3 this boot',
       `image: quay.io/openshift/node@${digest} (from quay.io/openshift/release:4.20)`,
@@ -26,6 +33,8 @@ describe('status for humans', () => {
       '  ✓ resolve    0.20 s',
       '  ✗ pull       8.50 s',
       'error: network: connect to quay.io:443 failed (ECONNREFUSED). Fix: check the proxy',
+      'unit: node-image-pivot.service activating (auto-restart), restarted 2 times',
+      'unit: node-image-pivot.target inactive (dead)',
       'systemd: 252, state starting, default target node-image-pivot.target',
     ]);
   });

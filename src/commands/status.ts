@@ -1,29 +1,36 @@
 import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
 import { readState, type PivotState } from '../state.ts';
-import type { ManagerFacts } from '../systemd/manager.ts';
+import type { ManagerFacts, UnitStateFacts } from '../systemd/manager.ts';
 import { asPivotError } from '../errors.ts';
 
 export interface StatusReport {
   state: PivotState | null;
   systemd: ManagerFacts | { error: string };
+  /** The agent's units as systemd sees them (is it retrying? is the node parked in the target?). */
+  units?: UnitStateFacts[];
 }
+
+export const STATUS_UNITS = ['node-image-pivot.service', 'node-image-overlay.service', 'node-image-pivot.target'];
 
 export async function collectStatus(stateDir: string, busAddress?: string): Promise<StatusReport> {
   const state = readState(stateDir) ?? null;
   let systemd: StatusReport['systemd'];
+  let units: UnitStateFacts[] | undefined;
   try {
     const { SystemdManager } = await import('../systemd/manager.ts');
     const mgr = await SystemdManager.connect(busAddress);
     try {
       systemd = await mgr.facts();
+      units = (await Promise.all(STATUS_UNITS.map((u) => mgr.unitState(u).catch(() => undefined))))
+        .filter((u): u is UnitStateFacts => u !== undefined && u.loadState === 'loaded');
     } finally {
       await mgr.close();
     }
   } catch (err) {
     systemd = { error: asPivotError(err).oneLine() };
   }
-  return { state, systemd };
+  return { state, systemd, ...(units ? { units } : {}) };
 }
 
 export function formatStatus(r: StatusReport): string {
@@ -42,6 +49,9 @@ export function formatStatus(r: StatusReport): string {
       lines.push(`  ${p.result === 'done' ? '✓' : p.result === 'failed' ? '✗' : p.result === 'skipped' ? '-' : '…'} ${p.name.padEnd(10)}${secs}`);
     }
     if (s.error) lines.push(`error: ${s.error.line}`);
+  }
+  for (const u of r.units ?? []) {
+    lines.push(`unit: ${u.unit} ${u.activeState} (${u.subState})${u.restarts ? `, restarted ${u.restarts} times` : ''}`);
   }
   if ('error' in r.systemd) lines.push(`systemd: unavailable: ${r.systemd.error}`);
   else lines.push(`systemd: ${r.systemd.version}, state ${r.systemd.systemState}, default target ${r.systemd.defaultTarget}`);

@@ -27,6 +27,14 @@ export interface ManagerFacts {
   virtualization: string;
 }
 
+export interface UnitStateFacts {
+  unit: string;
+  loadState: string;
+  activeState: string;
+  subState: string;
+  restarts?: number;
+}
+
 export interface UnitFailure {
   unit: string;
   activeState: string;
@@ -241,6 +249,17 @@ export class SystemdManager {
         },
       });
     });
+  }
+
+  /** A unit's state as `systemctl status` shows it; `restarts` only for services. */
+  async unitState(unit: string): Promise<UnitStateFacts> {
+    const [path] = await this.call('LoadUnit', 's', [unit]);
+    const unitPath = String(path);
+    const get = (name: string, iface = 'org.freedesktop.systemd1.Unit'): Promise<unknown> => this.getProperty(name, iface, unitPath);
+    const [loadState, activeState, subState] = await Promise.all([get('LoadState'), get('ActiveState'), get('SubState')]);
+    const facts: UnitStateFacts = { unit, loadState: String(loadState), activeState: String(activeState), subState: String(subState) };
+    if (unit.endsWith('.service') && facts.loadState === 'loaded') facts.restarts = Number(await get('NRestarts', 'org.freedesktop.systemd1.Service'));
+    return facts;
   }
 
   /** Units in the failed state, for naming culprits when a job does not end in "done". */

@@ -162,6 +162,11 @@ describe('pivot e2e', () => {
     expect(restarts).toBeGreaterThanOrEqual(1);
     const failures = journal.split('\n').filter((l) => /network: .*Fix: /.test(l));
     expect(failures[0]).toMatch(/connect/);
+    // What an operator sees: the failure with its fix, and that systemd keeps retrying.
+    const human = (await m.exec(['/usr/local/bin/node-image-pivot', 'status'])).stdout;
+    expect(human).toMatch(/^pivot: (failed|running)/m);
+    expect(human).toMatch(/^unit: node-image-pivot\.service \w+ \([\w-]+\), restarted \d+ times$/m);
+    if (/^pivot: failed/m.test(human)) expect(human).toMatch(/^error: network: .*Fix: /m);
 
     const port = Number(host.split(':')[1]);
     const back = await startRegistry({ storageDir: fx.registry.storageDir, port });
