@@ -75,28 +75,26 @@ export function makeCa(dir: string, name = 'test-ca'): TestCa {
   return { caFile, caKey };
 }
 
-/** A server certificate for 127.0.0.1 and localhost signed by `ca`. */
-export function issueServerCert(ca: TestCa, dir: string, name = 'server'): { cert: string; key: string } {
+/** A certificate signed by `ca`: a key, a CSR and the extension file, all under `dir`. */
+function issueCert(ca: TestCa, dir: string, name: string, subject: string, extensions: string, certFile: string): { cert: string; key: string } {
   const key = join(dir, `${name}.key`);
   const csr = join(dir, `${name}.csr`);
-  const cert = join(dir, `${name}.crt`);
   const ext = join(dir, `${name}.ext`);
-  writeFileSync(ext, 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', '/CN=127.0.0.1'], dir);
-  openssl(['x509', '-req', '-in', csr, '-CA', ca.caFile, '-CAkey', ca.caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext], dir);
-  return { cert, key };
+  writeFileSync(ext, extensions);
+  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', subject], dir);
+  openssl(['x509', '-req', '-in', csr, '-CA', ca.caFile, '-CAkey', ca.caKey, '-CAcreateserial', '-out', certFile, '-days', '2', '-extfile', ext], dir);
+  return { cert: certFile, key };
 }
 
-/** A client certificate (clientAuth) signed by `ca`, for mutual TLS. */
+/** A server certificate for 127.0.0.1 and localhost signed by `ca`. */
+export function issueServerCert(ca: TestCa, dir: string, name = 'server'): { cert: string; key: string } {
+  return issueCert(ca, dir, name, '/CN=127.0.0.1',
+    'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n', join(dir, `${name}.crt`));
+}
+
+/** A client certificate (clientAuth) signed by `ca`, for mutual TLS; `.cert` as certs.d names it. */
 export function issueClientCert(ca: TestCa, dir: string, name = 'client'): { cert: string; key: string } {
-  const key = join(dir, `${name}.key`);
-  const csr = join(dir, `${name}.csr`);
-  const cert = join(dir, `${name}.cert`);
-  const ext = join(dir, `${name}.ext`);
-  writeFileSync(ext, 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');
-  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`], dir);
-  openssl(['x509', '-req', '-in', csr, '-CA', ca.caFile, '-CAkey', ca.caKey, '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext], dir);
-  return { cert, key };
+  return issueCert(ca, dir, name, `/CN=${name}`, 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n', join(dir, `${name}.cert`));
 }
 
 /** A self-signed certificate + key for signing registry tokens (the registry's rootcertbundle). */
