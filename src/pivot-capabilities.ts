@@ -187,8 +187,8 @@ export function realCapabilities(): PivotCapabilities {
       return { plan, summary };
     },
 
-    async usrIsPivotedTo(staged) {
-      return isUsrPivoted('/usr', staged.root);
+    async usrIsPivotedTo(stagedRoot) {
+      return isUsrPivoted('/usr', stagedRoot);
     },
 
     async mountUsr(cfg, staged) {

@@ -13,7 +13,7 @@ import type { Config } from './config.ts';
 import { PivotError, asPivotError } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
-import { StateRecorder, readState, readBootId, type PhaseName, type PivotState } from './state.ts';
+import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
 
 /** What `resolve` learns about the node image without downloading its layers. */
@@ -48,7 +48,8 @@ export interface PivotCapabilities {
   planEtc(cfg: Config, staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
   /** Returns an undo handle. The visible switch must be one mount. */
   mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
-  usrIsPivotedTo(staged: StagedTree): Promise<boolean>;
+  /** Does /usr already show the staged tree rooted at `stagedRoot`? */
+  usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
   applyEtc(plan: unknown): Promise<Record<string, unknown>>;
   recoverEtc(): Promise<'none' | 'rolled-back'>;
   /** Whether a crashed run left an /etc journal, without touching it. */
@@ -158,6 +159,13 @@ function availableBytes(dir: string): number {
 const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['mount', 'etc-apply']);
 const run = { phase: undefined as PhaseName | undefined, stopRequested: undefined as string | undefined, recorder: undefined as StateRecorder | undefined };
 
+function stateError(e: PivotError): StateError {
+  return {
+    kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, permanent: e.permanent, line: e.oneLine(),
+    ...(e.path ? { path: e.path } : {}), ...(e.field ? { field: e.field } : {}),
+  };
+}
+
 function interruptedError(signal: string): PivotError {
   return new PivotError('interrupted', `stopped by ${signal} during phase ${run.phase ?? 'startup'}`, {
     fix: 'nothing to do: the system is all old or all new, and the next run picks up from here',
@@ -176,7 +184,7 @@ export function requestStop(signal: string): 'now' | 'deferred' {
   }
   const e = interruptedError(signal);
   log().error({ err: e.toJSON() }, e.oneLine());
-  run.recorder?.finish('failed', { error: { kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, line: e.oneLine() } });
+  run.recorder?.finish('failed', { error: stateError(e) });
   return 'now';
 }
 
@@ -226,10 +234,9 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       const configured = cfg.image ?? cfg.releaseImage;
       return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
     }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
-    // Permanent failures (2 config, 4 verification, 7 /etc conflict) are not retried by the unit;
-    // a rerun after one is someone fixing the cause, who should not wait.
-    const permanent = [2, 4, 7].includes(prior?.error?.exitCode ?? 0);
-    const delay = req.dryRun || pre.decision.skip || permanent ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
+    // Permanent failures are not retried by the unit (RestartPreventExitStatus=); a rerun after
+    // one is someone fixing the cause, who should not wait.
+    const delay = req.dryRun || pre.decision.skip || prior?.error?.permanent ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
     if (delay > 0) {
       const why = prior?.error?.line ?? 'the previous attempt failed';
       log().warn({ attempt, delaySeconds: delay }, `attempt ${attempt} this boot: waiting ${delay} s before retrying (last failure: ${why})`);
@@ -246,7 +253,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     rec?.setImage({ reference: image.reference, digest: image.manifestDigest, ...(image.releaseImage ? { releaseImage: image.releaseImage } : {}) });
     const again = decideSkip({ skipIfPathExists: [], existing: new Set(), prior, bootId, digest: image.manifestDigest });
     const stagedRoot = caps.stagedPath(cfg, image.manifestDigest);
-    if (again.skip && !req.dryRun && (await caps.usrIsPivotedTo({ root: stagedRoot, reused: true, facts: {} }))) {
+    if (again.skip && !req.dryRun && (await caps.usrIsPivotedTo(stagedRoot))) {
       return await finishSkipped(req, rec!, again.reason!);
     }
 
@@ -270,22 +277,15 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     for (const w of etc.summary.warnings) log().warn({ phase: 'etc-plan' }, w);
     if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.summary, stagedRoot: staged.root } };
 
-    // 6-7. The switch: mount /usr, then apply /etc; a failed /etc apply unmounts /usr again.
-    if (await caps.usrIsPivotedTo(staged)) {
+    // 6-7. The switch: mount /usr, then apply /etc. Until /etc is applied, any failure (the
+    // catch below) unmounts /usr again, so the system stays all old.
+    if (await caps.usrIsPivotedTo(staged.root)) {
       skipPhase('mount', '/usr is already the staged tree (a previous run mounted it)');
     } else {
       const mounted = await phase('mount', () => caps.mountUsr(cfg, staged), (m) => m.facts);
       undoMount = () => mounted.undo();
     }
-    try {
-      await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
-    } catch (err) {
-      if (undoMount) {
-        log().error('/etc apply failed: unmounting the new /usr so the system stays all old');
-        await undoMount();
-      }
-      throw err;
-    }
+    await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
     undoMount = undefined;
     failpoint('pivot.switched');
 
@@ -303,12 +303,10 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   } catch (err) {
     const e = asPivotError(err);
     if (undoMount) {
-      // Interrupted between the switch and the /etc apply: the rule is all old.
+      log().error('the pivot failed after /usr was switched but before /etc was applied: unmounting the new /usr so the system stays all old');
       await undoMount().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'unmounting /usr after a failure failed too'));
     }
-    rec?.finish('failed', {
-      error: { kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, line: e.oneLine(), ...(e.path ? { path: e.path } : {}), ...(e.field ? { field: e.field } : {}) },
-    });
+    rec?.finish('failed', { error: stateError(e) });
     progress.phase('failed', e.oneLine());
     await progress.flush();
     throw e;
