@@ -115,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
 /** Prints the one-line cause and fix and returns the exit code. */
 export function reportFailure(err: unknown): number {
   const e = asPivotError(err);
-  if (e.kind === 'usage' || e.kind === 'not-implemented') {
+  if (e.kind === 'usage') {
     process.stderr.write(`${PROG}: ${e.message} (hint: ${e.fix})\n`);
   } else {
     log().error({ err: e.toJSON(), exitCode: e.exitCode }, e.oneLine());

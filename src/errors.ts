@@ -23,7 +23,6 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 export type ErrorKind =
   | 'usage'
   | 'config'
-  | 'not-implemented'
   | 'registry'
   | 'auth'
   | 'network'
@@ -42,7 +41,6 @@ export type ErrorKind =
 const exitCodeByKind: Record<ErrorKind, ExitCode> = {
   usage: ExitCode.usage,
   config: ExitCode.usage,
-  'not-implemented': ExitCode.usage,
   registry: ExitCode.registry,
   auth: ExitCode.registry,
   network: ExitCode.registry,
@@ -60,14 +58,19 @@ const exitCodeByKind: Record<ErrorKind, ExitCode> = {
 };
 
 /**
- * Permanent failures will fail the same way on a retry; the unit's RestartPreventExitStatus=
- * lists their exit codes so systemd stops retrying and the one-line cause stays on top of the
- * journal. Transient ones (network, registry 5xx, a busy mount) are retried by Restart=.
+ * The exit codes systemd does not retry: the units' RestartPreventExitStatus= lists exactly
+ * these (a test checks), so the one-line cause stays at the end of the journal. Everything else
+ * is retried by Restart=, with the agent's own backoff (src/pivot.ts retryDelaySeconds).
+ */
+export const NOT_RETRIED_EXIT_CODES: readonly ExitCode[] = [ExitCode.usage, ExitCode.verification, ExitCode.etcMerge];
+
+/**
+ * Permanent failures would fail the same way if the same operation were repeated at once; code
+ * that keeps partial work for a retry (a resumable download) drops it after one of these.
  */
 const permanentKinds: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
   'usage',
   'config',
-  'not-implemented',
   'verification',
   'path-safety',
   'limit',

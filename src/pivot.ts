@@ -10,7 +10,7 @@
 import { statfsSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from './config.ts';
-import { PivotError, asPivotError } from './errors.ts';
+import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type StateError } from './state.ts';
@@ -161,7 +161,7 @@ const run = { phase: undefined as PhaseName | undefined, stopRequested: undefine
 
 function stateError(e: PivotError): StateError {
   return {
-    kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, permanent: e.permanent, line: e.oneLine(),
+    kind: e.kind, message: e.message, fix: e.fix, exitCode: e.exitCode, line: e.oneLine(),
     ...(e.path ? { path: e.path } : {}), ...(e.field ? { field: e.field } : {}),
   };
 }
@@ -234,9 +234,9 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       const configured = cfg.image ?? cfg.releaseImage;
       return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
     }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
-    // Permanent failures are not retried by the unit (RestartPreventExitStatus=); a rerun after
-    // one is someone fixing the cause, who should not wait.
-    const delay = req.dryRun || pre.decision.skip || prior?.error?.permanent ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
+    // After a failure the unit does not retry, a rerun is someone fixing the cause: no waiting.
+    const notRetried = prior?.error !== undefined && NOT_RETRIED_EXIT_CODES.includes(prior.error.exitCode as ExitCode);
+    const delay = req.dryRun || pre.decision.skip || notRetried ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
     if (delay > 0) {
       const why = prior?.error?.line ?? 'the previous attempt failed';
       log().warn({ attempt, delaySeconds: delay }, `attempt ${attempt} this boot: waiting ${delay} s before retrying (last failure: ${why})`);

@@ -37,8 +37,6 @@ export interface StateError {
   message: string;
   fix: string;
   exitCode: number;
-  /** Whether a retry would fail the same way (see PivotError.permanent). */
-  permanent?: boolean;
   path?: string;
   field?: string;
   line: string;

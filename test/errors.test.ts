@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ExitCode, PivotError, asPivotError } from '../src/errors.ts';
+import { readFileSync } from 'node:fs';
+import { ExitCode, NOT_RETRIED_EXIT_CODES, PivotError, asPivotError } from '../src/errors.ts';
 
 describe('PivotError', () => {
   it('renders cause, location and fix on one line', () => {
@@ -30,5 +31,14 @@ describe('PivotError', () => {
     expect(e.exitCode).toBe(1);
     const same = new PivotError('mount', 'm', { fix: 'f' });
     expect(asPivotError(same)).toBe(same);
+  });
+});
+
+describe('retry policy', () => {
+  it('the units stop retrying on exactly the exit codes the agent treats as not retried', () => {
+    for (const unit of ['units/node-image-pivot.service', 'units/node-image-overlay.service']) {
+      const line = /^RestartPreventExitStatus=(.*)$/m.exec(readFileSync(unit, 'utf8'))?.[1];
+      expect(line?.split(/\s+/).map(Number), unit).toEqual([...NOT_RETRIED_EXIT_CODES]);
+    }
   });
 });

@@ -16,13 +16,6 @@ export const registryOptionHelp: Record<string, string> = {
   platform: 'OS/ARCH[/VARIANT] to select from a multi-arch index (default: this host)',
 };
 
-/** A subcommand whose capability has not landed says so instead of faking output. */
-export function notImplemented(what: string): never {
-  throw new PivotError('not-implemented', `${what} is not built yet in this version`, {
-    fix: 'use a newer node-image-pivot build; see the project issues for status',
-  });
-}
-
 export function stringOpt(values: Record<string, unknown>, name: string): string | undefined {
   const v = values[name];
   return typeof v === 'string' ? v : undefined;
