@@ -14,7 +14,7 @@ import { PivotError, asPivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
 import { readXattrs, xattrs } from '../xattr.ts';
-import { Journal, besideJournalDir, insideJournalDir, sameMount } from './journal.ts';
+import { Journal, besideJournalDir, insideJournalDir, lstatOrUndefined, sameMount } from './journal.ts';
 import { conflictError } from './conflict.ts';
 import { entryType, walk } from './scan.ts';
 import { ACTION_NAMES, type ActionName, type EtcAction, type EtcEntry, type EtcPlan } from './types.ts';
@@ -34,21 +34,11 @@ export interface EtcApplyResult {
   seconds: number;
 }
 
-function exists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return false;
-    throw err;
-  }
-}
-
 /** Picks and creates the journal directory. The default sits beside current; see journal.ts. */
 function openJournal(current: string, explicit: string | undefined, durable: boolean, someFile: string | undefined): Journal {
   const candidates = explicit ? [explicit] : [besideJournalDir(current), insideJournalDir(current)];
   for (const dir of candidates) {
-    if (exists(dir)) {
+    if (lstatOrUndefined(dir)) {
       throw new PivotError('etc-merge', 'an unfinished /etc merge journal exists', {
         path: dir,
         fix: 'rerun etc-merge (it rolls the journal back first) or call recoverEtcJournal before applying',
@@ -97,12 +87,7 @@ function staleError(rel: string, what: string): PivotError {
 /** The entry (and, for a directory about to go, everything below it) must be as planned. */
 function verify(plan: EtcPlan, a: EtcAction, abs: string): void {
   const was = 'was' in a ? a.was : undefined;
-  let st: Stats | undefined;
-  try {
-    st = lstatSync(abs);
-  } catch (err) {
-    if (!isErrno(err, 'ENOENT')) throw err;
-  }
+  const st = lstatOrUndefined(abs);
   if (!was) {
     if (st) throw staleError(a.path, 'something now exists where nothing was');
     return;

@@ -7,7 +7,7 @@
 // Undo is idempotent: rolling back twice (a crash during recovery) gives the same result.
 import {
   closeSync, existsSync, fdatasyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync,
-  chmodSync, lchownSync, writeSync, writeFileSync, unlinkSync, linkSync,
+  chmodSync, lchownSync, writeSync, writeFileSync, unlinkSync, linkSync, type Stats,
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { PivotError, isErrno } from '../errors.ts';
@@ -135,12 +135,12 @@ function readLog(dir: string): { header: JournalHeader | undefined; records: Jou
   return { header, records };
 }
 
-function exists(path: string): boolean {
+/** lstat, or undefined when nothing is there (ENOENT, or ENOTDIR: a parent is not a directory). */
+export function lstatOrUndefined(path: string): Stats | undefined {
   try {
-    lstatSync(path);
-    return true;
+    return lstatSync(path);
   } catch (err) {
-    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return false;
+    if (isErrno(err, 'ENOENT', 'ENOTDIR')) return undefined;
     throw err;
   }
 }
@@ -149,13 +149,13 @@ function undo(rec: JournalRecord, current: string, backup: string): void {
   const target = join(current, rec.path);
   switch (rec.op) {
     case 'create': {
-      if (exists(rec.stage)) rmSync(rec.stage, { recursive: true, force: true });
+      if (lstatOrUndefined(rec.stage)) rmSync(rec.stage, { recursive: true, force: true });
       if (!rec.was) {
-        if (exists(target)) rmSync(target, { recursive: true, force: true });
+        if (lstatOrUndefined(target)) rmSync(target, { recursive: true, force: true });
         return;
       }
-      if (!exists(backup)) return; // never started, or already undone
-      const t = exists(target) ? lstatSync(target) : undefined;
+      if (!lstatOrUndefined(backup)) return; // never started, or already undone
+      const t = lstatOrUndefined(target);
       if (t?.isDirectory()) {
         rmSync(target, { recursive: true, force: true });
       } else if (t && rec.wasDir) {
@@ -166,12 +166,12 @@ function undo(rec: JournalRecord, current: string, backup: string): void {
       return;
     }
     case 'remove':
-      if (!exists(backup)) return;
-      if (exists(target)) rmSync(target, { recursive: true, force: true });
+      if (!lstatOrUndefined(backup)) return;
+      if (lstatOrUndefined(target)) rmSync(target, { recursive: true, force: true });
       renameSync(backup, target);
       return;
     case 'meta':
-      if (!exists(target)) return;
+      if (!lstatOrUndefined(target)) return;
       lchownSync(target, rec.uid, rec.gid);
       if (!rec.symlink) chmodSync(target, rec.mode);
   }
