@@ -14,7 +14,7 @@ import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtc
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { readMountinfo } from './mountinfo.ts';
 import { labelStagedTree, planLabel, policyChanged, reloadPolicyArgv, selinuxEnabled } from './selinux.ts';
-import { SystemdManager } from './systemd/manager.ts';
+import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
 /** The host paths the pivot acts on (tests run the whole agent inside nspawn machines instead). */
@@ -44,14 +44,6 @@ function registryOptions(cfg: Config): RegistryOptions {
 
 const hex = (digest: string): string => digest.replace(/^sha256:/, '');
 
-async function withManager<T>(fn: (mgr: SystemdManager) => Promise<T>): Promise<T> {
-  const mgr = await SystemdManager.connect();
-  try {
-    return await fn(mgr);
-  } finally {
-    await mgr.close();
-  }
-}
 
 async function isMountpoint(path: string): Promise<boolean> {
   return readMountinfo().some((m) => m.mountPoint === path);
@@ -75,10 +67,6 @@ async function bindBootedUsr(paths: HostPaths): Promise<void> {
   }
 }
 
-async function unitPath(mgr: SystemdManager, unit: string): Promise<string> {
-  const [path] = await mgr.call('LoadUnit', 's', [unit]);
-  return String(path);
-}
 
 export function realCapabilities(): PivotCapabilities {
   let pinned: string | undefined;
@@ -119,8 +107,8 @@ export function realCapabilities(): PivotCapabilities {
       }
     },
 
-    async pull(cfg, image, _progress: Progress): Promise<StagedTree> {
-      const root = join(cfg.stagingDir, hex(image.manifestDigest));
+    async pull(cfg, image, progress: Progress): Promise<StagedTree> {
+      const root = caps.stagedPath(cfg, image.manifestDigest);
       const others = (existsSync(cfg.stagingDir) ? readdirSync(cfg.stagingDir) : [])
         .filter((name) => name !== 'blobs' && name !== hex(image.manifestDigest));
       // A staged tree that /usr shows is the running system: never delete it, and do not stack
@@ -143,6 +131,8 @@ export function realCapabilities(): PivotCapabilities {
         limits: cfg.limits,
         allowDevices: cfg.allowDevices,
         keepSysroot: cfg.keepSysroot,
+        // `systemctl status` and a terminal show how far the pull is (throttled in Progress).
+        onProgress: (p) => progress.update({ phase: 'pull', detail: `layer ${p.layer}/${p.layers}`, done: p.bytesIn, total: image.compressedBytes, unit: 'bytes' }),
       });
       // ostree-native images export /usr/etc as /etc; the new /usr carries its defaults at
       // usr/etc again, as the base of the next merge and for ostree's own tools.
@@ -222,10 +212,10 @@ export function realCapabilities(): PivotCapabilities {
     async isolate(cfg) {
       return withManager(async (mgr): Promise<Record<string, unknown>> => {
         const [target, pivot] = await Promise.all([
-          mgr.getProperty('ActiveState', 'org.freedesktop.systemd1.Unit', await unitPath(mgr, cfg.isolateTarget)),
-          mgr.getProperty('ActiveState', 'org.freedesktop.systemd1.Unit', await unitPath(mgr, 'node-image-pivot.target')),
+          mgr.unitState(cfg.isolateTarget),
+          mgr.unitState('node-image-pivot.target'),
         ]);
-        if (target === 'active' && pivot !== 'active') return { skipped: `${cfg.isolateTarget} is already active` };
+        if (target.activeState === 'active' && pivot.activeState !== 'active') return { skipped: `${cfg.isolateTarget} is already active` };
         return { ...(await isolate(mgr, cfg.isolateTarget, cfg.timeouts.isolateSeconds * 1000)) };
       });
     },

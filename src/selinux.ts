@@ -156,15 +156,8 @@ export function planLabel(input: LabelInput, view: TreeView = diskView): LabelPl
   return { stagedRoot, policyType, policyDir, fileContexts, policyBinary, argv };
 }
 
-export type LabelResult = { labelled: true; seconds: number } | { skipped: string };
-
-/**
- * Runs setfiles on the staged tree. `enabled: false` (SELinux off on the host, or "selinux":
- * "off" in the config) skips it; the caller logs the skip.
- */
-export async function labelTree(plan: LabelPlan, opts: { enabled?: boolean } = {}): Promise<LabelResult> {
-  const enabled = opts.enabled ?? (await selinuxEnabled());
-  if (!enabled) return { skipped: 'selinux disabled' };
+/** Runs setfiles on the staged tree. Whether to label at all is labelStagedTree's decision. */
+export async function labelTree(plan: LabelPlan): Promise<{ seconds: number }> {
   failpoint('selinux.label');
   const started = performance.now();
   const [cmd, ...args] = plan.argv;
@@ -181,7 +174,7 @@ export async function labelTree(plan: LabelPlan, opts: { enabled?: boolean } = {
   }
   const seconds = (performance.now() - started) / 1000;
   log().info({ phase: 'selinux', policy: plan.policyType, seconds }, `labelled ${plan.stagedRoot} with the node image's ${plan.policyType} policy`);
-  return { labelled: true, seconds };
+  return { seconds };
 }
 
 async function sha256(path: string): Promise<string> {
@@ -226,7 +219,6 @@ export async function labelStagedTree(opts: { stagedRoot: string; setting: 'auto
   if (opts.setting === 'off') return { skipped: 'selinux off in the config' };
   if (!(await selinuxEnabled(opts.selinuxfs))) return { skipped: 'selinux disabled' };
   const plan = planLabel({ stagedRoot: opts.stagedRoot });
-  const r = await labelTree(plan, { enabled: true });
-  if ('skipped' in r) return { skipped: r.skipped };
+  const r = await labelTree(plan);
   return { facts: { policy: plan.policyType, seconds: r.seconds } };
 }

@@ -18,15 +18,12 @@ export async function collectStatus(stateDir: string, busAddress?: string): Prom
   let systemd: StatusReport['systemd'];
   let units: UnitStateFacts[] | undefined;
   try {
-    const { SystemdManager } = await import('../systemd/manager.ts');
-    const mgr = await SystemdManager.connect(busAddress);
-    try {
-      systemd = await mgr.facts();
-      units = (await Promise.all(STATUS_UNITS.map((u) => mgr.unitState(u).catch(() => undefined))))
-        .filter((u): u is UnitStateFacts => u !== undefined && u.loadState === 'loaded');
-    } finally {
-      await mgr.close();
-    }
+    const { withManager } = await import('../systemd/manager.ts');
+    [systemd, units] = await withManager(async (mgr) => [
+      await mgr.facts(),
+      (await Promise.all(STATUS_UNITS.map((u) => mgr.unitState(u).catch(() => undefined))))
+        .filter((u): u is UnitStateFacts => u !== undefined && u.loadState === 'loaded'),
+    ] as const, busAddress);
   } catch (err) {
     systemd = { error: asPivotError(err).oneLine() };
   }

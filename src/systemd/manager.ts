@@ -193,27 +193,21 @@ export class SystemdManager {
   }
 
   /** Starts a job and returns its object path. Register waiters before the reply can race. */
-  async startUnit(unit: string, mode: 'replace' | 'isolate' | 'fail'): Promise<string> {
-    this.startsInFlight++;
-    try {
-      const [job] = await this.call('StartUnit', 'ss', [unit, mode]);
-      return String(job);
-    } catch (err) {
-      throw systemdError(`StartUnit(${unit}, ${mode})`, err, mode === 'isolate'
-        ? `make sure ${unit} exists and has AllowIsolate=yes`
-        : `check 'systemctl status ${unit}'`);
-    } finally {
-      this.startsInFlight--;
-    }
+  startUnit(unit: string, mode: 'replace' | 'isolate' | 'fail'): Promise<string> {
+    return this.queueJob('StartUnit', unit, mode, mode === 'isolate' ? `make sure ${unit} exists and has AllowIsolate=yes` : `check 'systemctl status ${unit}'`);
   }
 
-  async tryRestartUnit(unit: string): Promise<string> {
+  tryRestartUnit(unit: string): Promise<string> {
+    return this.queueJob('TryRestartUnit', unit, 'replace', `check 'systemctl status ${unit}'`);
+  }
+
+  private async queueJob(member: 'StartUnit' | 'TryRestartUnit', unit: string, mode: string, fix: string): Promise<string> {
     this.startsInFlight++;
     try {
-      const [job] = await this.call('TryRestartUnit', 'ss', [unit, 'replace']);
+      const [job] = await this.call(member, 'ss', [unit, mode]);
       return String(job);
     } catch (err) {
-      throw systemdError(`TryRestartUnit(${unit})`, err, `check 'systemctl status ${unit}'`);
+      throw systemdError(`${member}(${unit}, ${mode})`, err, fix);
     } finally {
       this.startsInFlight--;
     }
@@ -284,5 +278,15 @@ export class SystemdManager {
       fix: 'report this as a bug: the agent closed its bus connection too early',
     }));
     this.bus.disconnect();
+  }
+}
+
+/** Connects, runs `fn`, and always closes the connection (match rules included). */
+export async function withManager<T>(fn: (mgr: SystemdManager) => Promise<T>, address?: string): Promise<T> {
+  const mgr = await SystemdManager.connect(address);
+  try {
+    return await fn(mgr);
+  } finally {
+    await mgr.close();
   }
 }
