@@ -5,8 +5,8 @@
 // entry, never a half-written one. Whatever is replaced or removed is kept in the journal until
 // the commit. Any error rolls everything back; a crash leaves the journal for recoverEtcJournal.
 import {
-  chmodSync, copyFileSync, constants, lchownSync, linkSync, lstatSync, mkdirSync, readlinkSync, renameSync,
-  symlinkSync, unlinkSync, type Stats,
+  chmodSync, copyFileSync, constants, lchownSync, linkSync, lstatSync, mkdirSync, renameSync,
+  symlinkSync, unlinkSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
@@ -16,7 +16,7 @@ import { log } from '../log.ts';
 import { readXattrs, xattrs } from '../xattr.ts';
 import { Journal, besideJournalDir, insideJournalDir, lstatOrUndefined, sameMount } from './journal.ts';
 import { conflictError } from './conflict.ts';
-import { entryType, walk } from './scan.ts';
+import { entryFromStats, walk } from './scan.ts';
 import { ACTION_NAMES, type ActionName, type EtcAction, type EtcEntry, type EtcPlan } from './types.ts';
 
 export interface EtcApplyOptions {
@@ -69,12 +69,13 @@ function openJournal(current: string, explicit: string | undefined, durable: boo
   });
 }
 
-function statMatches(e: EtcEntry, st: Stats, abs: string): boolean {
-  if (entryType(st) !== e.type || (st.mode & 0o7777) !== e.mode || st.uid !== e.uid || st.gid !== e.gid) return false;
-  if (st.ino !== e.ino || st.mtimeMs !== e.mtimeMs) return false;
-  if (e.type === 'file' && st.size !== e.size) return false;
-  if (e.type === 'symlink' && readlinkSync(abs, 'utf8') !== e.target) return false;
-  return true;
+/**
+ * Same entry as scanned: type, identity, mtime and metadata (content hashes are not compared).
+ * Both come from entryFromStats, so size is 0 and target undefined where they do not apply.
+ */
+function sameEntry(a: EtcEntry, b: EtcEntry): boolean {
+  return a.type === b.type && a.ino === b.ino && a.mtimeMs === b.mtimeMs && a.size === b.size
+    && a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.target === b.target;
 }
 
 function staleError(rel: string, what: string): PivotError {
@@ -92,7 +93,7 @@ function verify(plan: EtcPlan, a: EtcAction, abs: string): void {
     if (st) throw staleError(a.path, 'something now exists where nothing was');
     return;
   }
-  if (!st || !statMatches(was, st, abs)) throw staleError(a.path, 'the entry was changed, replaced or removed');
+  if (!st || !sameEntry(was, entryFromStats(st, abs))) throw staleError(a.path, 'the entry was changed, replaced or removed');
   const goesAway = was.type === 'dir' && a.action !== 'chmod' && a.action !== 'chown';
   if (!goesAway) return;
   const now = new Map<string, EtcEntry>();
@@ -103,8 +104,7 @@ function verify(plan: EtcPlan, a: EtcAction, abs: string): void {
     if (!rel.startsWith(prefix)) continue;
     planned++;
     const n = now.get(rel);
-    if (!n || n.type !== e.type || n.ino !== e.ino || n.mtimeMs !== e.mtimeMs || n.size !== e.size
-      || n.mode !== e.mode || n.uid !== e.uid || n.gid !== e.gid || n.target !== e.target) {
+    if (!n || !sameEntry(n, e)) {
       throw staleError(rel, 'an entry below a directory to be replaced changed');
     }
   }
