@@ -8,12 +8,11 @@
 // in refresh or isolate is reported, and a rerun picks up from there (the state file and the
 // mount table say what is already done).
 import { statfsSync, existsSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Config } from './config.ts';
 import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
-import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type StateError } from './state.ts';
+import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
 
 /** What `resolve` learns about the node image without downloading its layers. */
@@ -71,8 +70,6 @@ export interface PivotRequest {
   dryRun: boolean;
   progress: Progress;
   caps: PivotCapabilities;
-  /** Root for skipIfPathExists and statfs checks; '/' in production. */
-  hostRoot?: string;
 }
 
 export type PivotOutcome =
@@ -89,10 +86,7 @@ export interface DryRunPlan {
 // ---------------------------------------------------------------------------------------------
 // Preflight: decide whether this run has anything to do.
 
-export interface SkipDecision {
-  skip: boolean;
-  reason?: string;
-}
+export type SkipDecision = { skip: false } | { skip: true; kind: SkipKind; reason: string };
 
 /**
  * Pure: the skip rules, given what is on disk and what the state file says. Before resolving,
@@ -108,14 +102,14 @@ export function decideSkip(input: {
   digest?: string;
 }): SkipDecision {
   const hit = input.skipIfPathExists.find((p) => input.existing.has(p));
-  if (hit) return { skip: true, reason: `skipIfPathExists: ${hit} exists, so this image already has the node layer` };
+  if (hit) return { skip: true, kind: 'path-exists', reason: `skipIfPathExists: ${hit} exists, so this image already has the node layer` };
   const p = input.prior;
   if (!p || p.bootId !== input.bootId || !p.image?.digest) return { skip: false };
-  if (p.result !== 'done' && !(p.result === 'skipped' && p.skipReason?.startsWith('already pivoted'))) return { skip: false };
+  if (p.result !== 'done' && !(p.result === 'skipped' && p.skipKind === 'already-pivoted')) return { skip: false };
   const same = input.digest
     ? p.image.digest === input.digest
     : input.configured !== undefined && (p.image.releaseImage ?? p.image.reference) === input.configured;
-  return same ? { skip: true, reason: `already pivoted this boot to ${p.image.digest}` } : { skip: false };
+  return same ? { skip: true, kind: 'already-pivoted', reason: `already pivoted this boot to ${p.image.digest}` } : { skip: false };
 }
 
 /**
@@ -195,7 +189,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const prior = readState(cfg.stateDir);
   const bootId = readBootId();
   const attempt = attemptNumber(prior, bootId);
-  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', undefined, attempt);
+  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId });
   run.recorder = rec;
   let undoMount: (() => Promise<void>) | undefined;
 
@@ -230,7 +224,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       // A dry run changes nothing, not even a rollback: it reports a pending journal instead.
       const recovered = req.dryRun ? caps.pendingEtcJournal() : await caps.recoverEtc();
       if (recovered === 'pending') log().warn('an interrupted /etc apply is pending; the next real run rolls it back before planning');
-      const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(join(req.hostRoot ?? '/', p))));
+      const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(p)));
       const configured = cfg.image ?? cfg.releaseImage;
       return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
     }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
@@ -244,8 +238,8 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       await new Promise((resolve) => setTimeout(resolve, delay * 1000));
     }
     if (pre.decision.skip && !req.dryRun) {
-      if (prior?.image && pre.decision.reason?.startsWith('already pivoted')) rec!.setImage(prior.image);
-      return await finishSkipped(req, rec!, pre.decision.reason!);
+      if (prior?.image && pre.decision.kind === 'already-pivoted') rec!.setImage(prior.image);
+      return await finishSkipped(req, rec!, pre.decision);
     }
 
     // 2. Resolve the node image to a digest (from a release image if needed).
@@ -254,7 +248,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     const again = decideSkip({ skipIfPathExists: [], existing: new Set(), prior, bootId, digest: image.manifestDigest });
     const stagedRoot = caps.stagedPath(cfg, image.manifestDigest);
     if (again.skip && !req.dryRun && (await caps.usrIsPivotedTo(stagedRoot))) {
-      return await finishSkipped(req, rec!, again.reason!);
+      return await finishSkipped(req, rec!, again);
     }
 
     // 3. Pull and unpack into staging (reused when a previous run finished it).
@@ -322,11 +316,11 @@ async function settle(caps: PivotCapabilities): Promise<void> {
  * A skip still has to move the boot on: once the generator made the pivot target the boot
  * target, nothing else leaves it, and the node would sit there with no journal line saying why.
  */
-async function finishSkipped(req: PivotRequest, rec: StateRecorder, reason: string): Promise<PivotOutcome> {
-  log().info({ reason }, `nothing to do: ${reason}`);
+async function finishSkipped(req: PivotRequest, rec: StateRecorder, skip: { kind: SkipKind; reason: string }): Promise<PivotOutcome> {
+  log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
   if (req.isolate) await req.caps.isolate(req.cfg);
-  rec.finish('skipped', { skipReason: reason });
+  rec.finish('skipped', { skipReason: skip.reason, skipKind: skip.kind });
   if (req.isolate) await settle(req.caps);
-  await req.progress.ready(`skipped: ${reason}`);
-  return { result: 'skipped', reason, state: rec.state };
+  await req.progress.ready(`skipped: ${skip.reason}`);
+  return { result: 'skipped', reason: skip.reason, state: rec.state };
 }

@@ -21,6 +21,8 @@ export type PhaseName = (typeof PHASES)[number];
 
 export type PhaseResult = 'running' | 'done' | 'skipped' | 'failed';
 export type RunResult = 'running' | 'done' | 'skipped' | 'failed';
+/** Why a run had nothing to do: a skipIfPathExists path exists, or this boot already pivoted. */
+export type SkipKind = 'path-exists' | 'already-pivoted';
 
 export interface PhaseRecord {
   name: PhaseName;
@@ -54,6 +56,7 @@ export interface PivotState {
   result: RunResult;
   /** Why the run was skipped, when it was. */
   skipReason?: string;
+  skipKind?: SkipKind;
   image?: { reference: string; digest?: string; releaseImage?: string };
   phases: PhaseRecord[];
   error?: StateError;
@@ -103,18 +106,18 @@ export class StateRecorder {
   private readonly stateDir: string;
   private readonly now: () => Date;
 
-  constructor(stateDir: string, mode: PivotState['mode'], now: () => Date = () => new Date(), attempt = 1) {
+  constructor(stateDir: string, mode: PivotState['mode'], opts: { attempt?: number; bootId?: string; now?: () => Date } = {}) {
     this.stateDir = stateDir;
-    this.now = now;
+    this.now = opts.now ?? (() => new Date());
     const t = this.now().toISOString();
     this.state = {
       version: 1,
-      bootId: readBootId(),
+      bootId: opts.bootId ?? readBootId(),
       pid: process.pid,
       mode,
       startedAt: t,
       updatedAt: t,
-      attempt,
+      attempt: opts.attempt ?? 1,
       result: 'running',
       phases: [],
     };
@@ -148,11 +151,12 @@ export class StateRecorder {
     this.flush();
   }
 
-  finish(result: RunResult, extra: { error?: StateError; skipReason?: string } = {}): void {
+  finish(result: RunResult, extra: { error?: StateError; skipReason?: string; skipKind?: SkipKind } = {}): void {
     this.state.result = result;
     delete this.state.current;
     if (extra.error) this.state.error = extra.error;
     if (extra.skipReason) this.state.skipReason = extra.skipReason;
+    if (extra.skipKind) this.state.skipKind = extra.skipKind;
     this.flush();
   }
 }

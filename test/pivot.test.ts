@@ -15,7 +15,7 @@ describe('decideSkip', () => {
 
   it('skips when a configured path exists, naming it', () => {
     const d = decideSkip({ ...base, existing: new Set(['/usr/bin/oc']), prior: undefined });
-    expect(d).toEqual({ skip: true, reason: expect.stringContaining('/usr/bin/oc exists') });
+    expect(d).toEqual({ skip: true, kind: 'path-exists', reason: expect.stringContaining('/usr/bin/oc exists') });
   });
 
   it('skips a rerun this boot for the same configured image, before any network', () => {
@@ -24,15 +24,15 @@ describe('decideSkip', () => {
   });
 
   it('after resolve, skips only on the same digest', () => {
-    expect(decideSkip({ ...base, prior: prior(), digest }).skip).toBe(true);
+    expect(decideSkip({ ...base, prior: prior(), digest })).toEqual({ skip: true, kind: 'already-pivoted', reason: `already pivoted this boot to ${digest}` });
     expect(decideSkip({ ...base, prior: prior(), digest: 'sha256:' + 'c'.repeat(64) }).skip).toBe(false);
   });
 
   it('does not skip after a reboot, a failure, or a path-based skip', () => {
     expect(decideSkip({ ...base, prior: prior({ bootId: 'boot-0' }), digest }).skip).toBe(false);
     expect(decideSkip({ ...base, prior: prior({ result: 'failed' }), digest }).skip).toBe(false);
-    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipReason: 'skipIfPathExists: x' }), digest }).skip).toBe(false);
-    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipReason: 'already pivoted this boot to x' }), digest }).skip).toBe(true);
+    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipKind: 'path-exists', skipReason: 'skipIfPathExists: x' }), digest }).skip).toBe(false);
+    expect(decideSkip({ ...base, prior: prior({ result: 'skipped', skipKind: 'already-pivoted', skipReason: 'already pivoted this boot to x' }), digest }).skip).toBe(true);
   });
 
   it('matches a release image config against the recorded release image', () => {
