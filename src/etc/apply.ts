@@ -14,7 +14,7 @@ import { PivotError, asPivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
 import { readXattrs, xattrs } from '../xattr.ts';
-import { Journal, besideJournalDir, insideJournalDir, lstatOrUndefined, sameMount } from './journal.ts';
+import { Journal, journalDirs, lstatOrUndefined, sameMount } from './journal.ts';
 import { conflictError } from './conflict.ts';
 import { entryFromStats, walk } from './scan.ts';
 import { ACTION_NAMES, type ActionName, type EtcAction, type EtcEntry, type EtcPlan } from './types.ts';
@@ -36,14 +36,13 @@ export interface EtcApplyResult {
 
 /** Picks and creates the journal directory. The default sits beside current; see journal.ts. */
 function openJournal(current: string, explicit: string | undefined, durable: boolean, someFile: string | undefined): Journal {
-  const candidates = explicit ? [explicit] : [besideJournalDir(current), insideJournalDir(current)];
-  for (const dir of candidates) {
-    if (lstatOrUndefined(dir)) {
-      throw new PivotError('etc-merge', 'an unfinished /etc merge journal exists', {
-        path: dir,
-        fix: 'rerun etc-merge (it rolls the journal back first) or call recoverEtcJournal before applying',
-      });
-    }
+  const candidates = journalDirs(current, explicit);
+  const leftover = candidates.find((dir) => lstatOrUndefined(dir));
+  if (leftover !== undefined) {
+    throw new PivotError('etc-merge', 'an unfinished /etc merge journal exists', {
+      path: leftover,
+      fix: 'rerun etc-merge (it rolls the journal back first) or call recoverEtcJournal before applying',
+    });
   }
   let lastErr: unknown;
   for (const dir of candidates) {

@@ -18,7 +18,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { failpoint } from '../failpoints.ts';
 import { conflictError } from './conflict.ts';
-import { JOURNAL_NAME, besideJournalDir, insideJournalDir, rollbackDir } from './journal.ts';
+import { JOURNAL_NAME, journalDirs, rollbackDir } from './journal.ts';
 import { planMerge } from './plan.ts';
 import { hashPaths, scanTree } from './scan.ts';
 import type { EtcPlan, EtcTrees } from './types.ts';
@@ -68,14 +68,12 @@ export async function planEtcMerge(inputs: EtcMergeInputs): Promise<EtcPlan> {
 
 /** The journal directories that exist for `current` (a dry run reports them, never touches them). */
 export function pendingEtcJournals(current: string, journalDir?: string): string[] {
-  const dirs = journalDir ? [journalDir] : [besideJournalDir(current), insideJournalDir(current)];
-  return dirs.filter((dir) => existsSync(dir));
+  return journalDirs(current, journalDir).filter((dir) => existsSync(dir));
 }
 
 export async function recoverEtcJournal(current: string, journalDir?: string): Promise<'none' | 'rolled-back'> {
-  const dirs = journalDir ? [journalDir] : [besideJournalDir(current), insideJournalDir(current)];
   let result: 'none' | 'rolled-back' = 'none';
-  for (const dir of dirs) {
+  for (const dir of journalDirs(current, journalDir)) {
     if (!existsSync(dir)) continue;
     if (rollbackDir(dir, resolve(current)) === 'rolled-back') result = 'rolled-back';
   }

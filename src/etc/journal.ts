@@ -45,6 +45,10 @@ export function besideJournalDir(current: string): string {
 export function insideJournalDir(current: string): string {
   return join(resolve(current), JOURNAL_NAME);
 }
+/** Where to look for (or put) the journal of `current`: `explicit` alone if given, else beside, then inside. */
+export function journalDirs(current: string, explicit?: string): string[] {
+  return explicit ? [explicit] : [besideJournalDir(current), insideJournalDir(current)];
+}
 
 export class Journal {
   readonly dir: string;
