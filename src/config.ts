@@ -3,6 +3,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { z } from 'zod';
 import { PivotError, isErrno } from './errors.ts';
+import { DEFAULT_STATE_DIR } from './state.ts';
 
 export const DEFAULT_CONFIG_PATH = '/etc/node-image-pivot/config.json';
 export const DEFAULT_REGISTRIES_CONF = '/etc/containers/registries.conf';
@@ -48,7 +49,7 @@ export const configSchema = z
     certDir: absolutePath.optional(),
     platform: z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, { message: 'must be OS/ARCH[/VARIANT], e.g. linux/amd64' }).optional(),
     stagingDir: absolutePath.default('/run/node-image-pivot/staging'),
-    stateDir: absolutePath.default('/run/node-image-pivot'),
+    stateDir: absolutePath.default(DEFAULT_STATE_DIR),
     /** Free space needed = compressed size x this factor (expanded tree plus blob cache). */
     spaceFactor: z.number().min(1).max(100).default(3),
     skipIfPathExists: z.array(absolutePath).default([]),
@@ -105,7 +106,11 @@ export function parseConfig(value: unknown, source: string): Config {
 }
 
 export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
-  let text: string;
+  return parseConfigText(readConfigText(path), path);
+}
+
+/** The config file's text; only a regular file is read. */
+export function readConfigText(path: string): string {
   try {
     // A FIFO or a device would block the read (or never end); only a regular file is a config.
     const st = statSync(path);
@@ -115,7 +120,7 @@ export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
         fix: `write the config as a regular file at ${path} or pass --config FILE`,
       });
     }
-    text = readFileSync(path, 'utf8');
+    return readFileSync(path, 'utf8');
   } catch (err) {
     if (err instanceof PivotError) throw err;
     if (isErrno(err, 'ENOENT')) {
@@ -130,6 +135,10 @@ export function loadConfig(path: string = DEFAULT_CONFIG_PATH): Config {
       cause: err,
     });
   }
+}
+
+/** JSON, then the schema; `path` names the file in errors. */
+export function parseConfigText(text: string, path: string): Config {
   let json: unknown;
   try {
     json = JSON.parse(text);

@@ -65,6 +65,8 @@ export interface PivotState {
 }
 
 export const STATE_FILE = 'state.json';
+/** Per boot, as the state must be (see the top of this file); config `stateDir` defaults to it. */
+export const DEFAULT_STATE_DIR = '/run/node-image-pivot';
 
 export function readBootId(): string {
   try {

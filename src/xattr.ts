@@ -5,6 +5,7 @@ import { createRequire } from 'node:module';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { seaApi } from './runtime.ts';
 
 export interface XattrBinding {
   getAttributeSync(path: string, name: string): Buffer | null;
@@ -20,14 +21,8 @@ export const XATTR_ASSET = 'xattr.node';
 let binding: XattrBinding | undefined;
 
 function loadFromSea(): XattrBinding | undefined {
-  const req = createRequire(typeof __filename === 'string' ? __filename : import.meta.url);
-  let sea: { isSea(): boolean; getRawAsset(name: string): ArrayBuffer } | undefined;
-  try {
-    sea = req('node:sea') as typeof sea;
-  } catch {
-    return undefined;
-  }
-  if (!sea?.isSea()) return undefined;
+  const sea = seaApi();
+  if (!sea) return undefined;
   const dir = mkdtempSync(join(process.env.RUNTIME_DIRECTORY ?? tmpdir(), 'nip-xattr-'));
   const file = join(dir, XATTR_ASSET);
   writeFileSync(file, Buffer.from(sea.getRawAsset(XATTR_ASSET)), { mode: 0o500 });

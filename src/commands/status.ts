@@ -1,6 +1,6 @@
 import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
-import { readState, type PivotState } from '../state.ts';
+import { DEFAULT_STATE_DIR, readState, type PivotState } from '../state.ts';
 import type { ManagerFacts, UnitStateFacts } from '../systemd/manager.ts';
 import { asPivotError } from '../errors.ts';
 
@@ -70,7 +70,7 @@ export const statusCommand: Command = {
   },
   positionals: { names: [], min: 0, max: 0 },
   async run(args) {
-    const report = await collectStatus(stringOpt(args.values, 'state-dir') ?? '/run/node-image-pivot');
+    const report = await collectStatus(stringOpt(args.values, 'state-dir') ?? DEFAULT_STATE_DIR);
     process.stdout.write(args.values.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatStatus(report)}\n`);
     const result = report.state?.result;
     return result === 'failed' ? 1 : result === 'running' ? 3 : 0;

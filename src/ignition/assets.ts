@@ -2,9 +2,10 @@
 // from units/ at generation time, so the config always matches what is in the tree; the bundle
 // (and so the single executable) carries them, inlined by scripts/build/build.ts through esbuild's
 // `define`, because the binary runs where no source tree exists.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { PivotError, isErrno } from '../errors.ts';
+import { packageRoot } from '../runtime.ts';
 
 /** Order here is the order in the Ignition config. */
 export const UNIT_NAMES = ['node-image-pivot.target', 'node-image-pivot.service', 'node-image-overlay.service'] as const;
@@ -17,17 +18,7 @@ export interface UnitAssets {
 
 declare const __NODE_IMAGE_PIVOT_ASSETS__: UnitAssets | undefined;
 
-function repoRoot(): string {
-  // dist/ in the CJS bundle, src/ignition/ from source: the first ancestor with a package.json.
-  let dir = typeof __dirname === 'string' ? __dirname : import.meta.dirname;
-  for (let i = 0; i < 4; i++) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    dir = dirname(dir);
-  }
-  return process.cwd();
-}
-
-export const DEFAULT_UNITS_DIR = (): string => join(repoRoot(), 'units');
+export const DEFAULT_UNITS_DIR = (): string => join(packageRoot(), 'units');
 
 /** Reads units/ from disk. Used in development and by the build to embed them. */
 export function readUnitAssets(unitsDir: string = DEFAULT_UNITS_DIR()): UnitAssets {

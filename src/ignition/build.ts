@@ -6,12 +6,12 @@ import { createHash } from 'node:crypto';
 import { Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { constants as zlibConstants, createGzip } from 'node:zlib';
+import { DEFAULT_CONFIG_PATH } from '../config.ts';
 import { PivotError } from '../errors.ts';
 import { GENERATOR_NAME, UNIT_NAMES, type UnitAssets } from './assets.ts';
 
 export const IGNITION_VERSION = '3.4.0';
 export const BINARY_PATH = '/usr/local/bin/node-image-pivot';
-export const CONFIG_PATH = '/etc/node-image-pivot/config.json';
 export const GENERATOR_PATH = `/etc/systemd/system-generators/${GENERATOR_NAME}`;
 
 const MODE_EXEC = 0o755;
@@ -93,7 +93,7 @@ export function buildIgnition(input: IgnitionInput): IgnitionConfig {
     storage: {
       files: [
         binary,
-        { path: CONFIG_PATH, overwrite: true, mode: MODE_CONFIG, contents: { source: textDataUrl(input.configText) } },
+        { path: DEFAULT_CONFIG_PATH, overwrite: true, mode: MODE_CONFIG, contents: { source: textDataUrl(input.configText) } },
         { path: GENERATOR_PATH, overwrite: true, mode: MODE_EXEC, contents: { source: textDataUrl(input.assets.generator) } },
       ],
     },

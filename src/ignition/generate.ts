@@ -1,29 +1,15 @@
 // Writing an Ignition config: validate the agent's config, assemble the document, stream it out.
-import { createWriteStream, readFileSync, renameSync, rmSync } from 'node:fs';
+import { createWriteStream, renameSync, rmSync } from 'node:fs';
 import { finished } from 'node:stream/promises';
-import { PivotError, isErrno } from '../errors.ts';
-import { parseConfig } from '../config.ts';
+import { parseConfigText, readConfigText } from '../config.ts';
 import { log } from '../log.ts';
 import { unitAssets } from './assets.ts';
 import { buildIgnition, writeIgnition, type BinarySource } from './build.ts';
 
 /** Reads and validates the config so that a bad one never ships to a node. Returns its text. */
 export function readValidConfig(path: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new PivotError('config', `cannot read config ${path}: ${isErrno(err, 'ENOENT') ? 'no such file' : (err as Error).message}`, {
-      path, fix: 'pass --config with the config.json to install',
-    });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new PivotError('config', `config ${path} is not valid JSON: ${(err as Error).message}`, { path, fix: `fix the JSON syntax in ${path}` });
-  }
-  parseConfig(json, path);
+  const text = readConfigText(path);
+  parseConfigText(text, path);
   return text.endsWith('\n') ? text : `${text}\n`;
 }
 
