@@ -71,7 +71,8 @@ export class Journal {
     const j = new Journal(dir, current, fd, durable);
     const header: JournalHeader = { v: 1, current: resolve(current), ...processIdentity(), startedAt: new Date().toISOString() };
     j.append(header);
-    fdatasyncSync(fd);
+    // The header reaches the disk either way; a durable append has just synced this same fd.
+    if (!durable) fdatasyncSync(fd);
     return j;
   }
 
