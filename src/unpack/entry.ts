@@ -115,8 +115,12 @@ export class DirectTarget implements LayerTarget {
     if (!st) return false;
     if (st.isDirectory() && keepDir) return true;
     rmSync(path, { recursive: true, force: true });
-    this.forgetTimes(rel);
-    if (st.isDirectory()) this.forgetDirs(rel);
+    // Only directories have dirTimes/knownDirs keys at or below them: every removal goes
+    // through here, so a non-directory at rel means no key names rel or anything under it.
+    if (st.isDirectory()) {
+      this.forgetTimes(rel);
+      this.forgetDirs(rel);
+    }
     return false;
   }
 
@@ -316,8 +320,10 @@ export class DirectTarget implements LayerTarget {
 
   finish(): void {
     const depth = (rel: string): number => (rel === '' ? 0 : rel.split('/').length);
-    const deepestFirst = [...this.dirTimes.entries()].sort((a, b) => depth(b[0]) - depth(a[0]));
-    for (const [rel, mtime] of deepestFirst) {
+    const deepestFirst = [...this.dirTimes.entries()]
+      .map(([rel, mtime]) => ({ rel, mtime, depth: depth(rel) }))
+      .sort((a, b) => b.depth - a.depth);
+    for (const { rel, mtime } of deepestFirst) {
       const path = hostPath(this.root, rel);
       try {
         if (lstatSync(path).isDirectory()) lutimesSync(path, mtime, mtime);
