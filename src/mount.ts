@@ -71,10 +71,9 @@ export interface UsrMountPlan {
   finish: MountOp[];
 }
 
+/** What undoUsrMount needs: the plan that was switched in. */
 export interface MountResult {
   plan: UsrMountPlan;
-  switched: true;
-  switchedAt: string;
 }
 
 function mountError(message: string, path: string, fix: string, cause?: unknown): PivotError {
@@ -310,7 +309,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
     }
     throw asMountError(err, plan.target, 'see the cause above; the target was left as it was');
   }
-  const result: MountResult = { plan, switched: true, switchedAt: new Date().toISOString() };
+  const result: MountResult = { plan };
   try {
     failpoint('mount.switched');
     for (const op of plan.finish) await runOp(op);
