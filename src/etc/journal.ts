@@ -24,6 +24,7 @@ export interface JournalHeader {
   pid: number;
   /** With bootId, tells a running writer from a dead one whose pid was reused. */
   startTicks?: string | undefined;
+  /** The boot the journal was written in: readBootId(), the same id the state file records. */
   bootId?: string;
   startedAt: string;
 }
@@ -230,9 +231,6 @@ export function sameMount(dir: string, current: string, someFile: string | undef
   }
 }
 
-/** The kernel's id of this boot, shared with the state file's (a journal names the boot it was written in). */
-export const bootId = readBootId;
-
 /** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat). */
 export function startTicks(pid: number): string | undefined {
   try {
@@ -245,12 +243,12 @@ export function startTicks(pid: number): string | undefined {
 }
 
 export function processIdentity(): { bootId: string; pid: number; startTicks: string | undefined } {
-  return { bootId: bootId(), pid: process.pid, startTicks: startTicks(process.pid) };
+  return { bootId: readBootId(), pid: process.pid, startTicks: startTicks(process.pid) };
 }
 
 /** True when the process that wrote the journal is still running (same boot, same process). */
 export function writerAlive(header: JournalHeader): boolean {
-  if (header.pid === process.pid || header.bootId === undefined || header.bootId !== bootId()) return false;
+  if (header.pid === process.pid || header.bootId === undefined || header.bootId !== readBootId()) return false;
   const ticks = startTicks(header.pid);
   return ticks !== undefined && ticks === header.startTicks;
 }

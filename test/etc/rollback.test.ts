@@ -104,7 +104,8 @@ describe('recovery with a live writer', () => {
   it('refuses to roll back a journal whose writer is still running, and recovers once it is gone', async () => {
     const { spawn } = await import('node:child_process');
     const { writeFileSync: write } = await import('node:fs');
-    const { bootId, startTicks } = await import('../../src/etc/journal.ts');
+    const { startTicks } = await import('../../src/etc/journal.ts');
+    const { readBootId } = await import('../../src/state.ts');
     const { root, etc } = setup();
     const before = snapshot(etc);
     const child = spawn('sleep', ['30'], { stdio: 'ignore' });
@@ -113,7 +114,7 @@ describe('recovery with a live writer', () => {
       await new Promise((r) => setTimeout(r, 50));
       const journal = join(root, JOURNAL_NAME);
       mkdirSync(join(journal, 'b'), { recursive: true });
-      const header = { v: 1, current: etc, pid, bootId: bootId(), startTicks: startTicks(pid), startedAt: new Date().toISOString() };
+      const header = { v: 1, current: etc, pid, bootId: readBootId(), startTicks: startTicks(pid), startedAt: new Date().toISOString() };
       write(join(journal, 'log'), `${JSON.stringify(header)}\n${JSON.stringify({ i: 1, op: 'remove', path: 'hostname' })}\n`);
       await expect(recoverEtcJournal(etc)).rejects.toThrow(new RegExp(`pid ${pid}\\) is applying`));
       expect(existsSync(journal)).toBe(true);
