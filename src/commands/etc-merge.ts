@@ -29,7 +29,7 @@ export const etcMergeCommand: Command = {
   positionals: { names: [], min: 0, max: 0 },
   async run({ values }) {
     // Loaded on use: a command pays start-up time and memory only for the modules it needs.
-    const { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan } = await import('../etc/index.ts');
+    const { applyEtcMerge, formatNotes, formatPlan, pendingEtcJournals, planEtcMerge, planToJSON, recoverEtcJournal, summarizePlan } = await import('../etc/index.ts');
     const base = requireOpt(values, 'base', 'etc-merge');
     const current = requireOpt(values, 'current', 'etc-merge');
     const next = requireOpt(values, 'new', 'etc-merge');
@@ -59,11 +59,8 @@ export const etcMergeCommand: Command = {
       process.stdout.write(`${recovered === 'rolled-back' ? 'rolled back an interrupted merge first; ' : ''}`
         + `applied ${result.applied} action${result.applied === 1 ? '' : 's'}${parts.length ? ` (${parts.join(', ')})` : ''}`
         + ` in ${result.seconds.toFixed(3)} s; ${s.warnings.length} warning(s), ${s.ignored.length} ignored\n`);
-      if (s.warnings.length + s.ignored.length > 0) {
-        const text = formatPlan(plan).split('\n');
-        const from = text.findIndex((l) => l.startsWith('warnings (') || l.startsWith('ignored ('));
-        process.stdout.write(`${text.slice(from).join('\n')}\n`);
-      }
+      const notes = formatNotes(s);
+      if (notes.length > 0) process.stdout.write(`${notes.join('\n')}\n`);
     }
     return 0;
   },

@@ -67,15 +67,27 @@ export function formatPlan(plan: EtcPlan): string {
     lines.push('', `${name} (${group.length}):`);
     for (const a of group) lines.push(`  ${showPath(a.path)}  [${detail(a)}]`);
   }
+  const notes = formatNotes(s);
+  if (notes.length > 0) lines.push('', ...notes);
+  return lines.join('\n');
+}
+
+/**
+ * The warnings and ignored sections (the end of formatPlan, also printed after an apply), one
+ * line each, the sections separated by an empty line; no lines when there is nothing to say.
+ */
+export function formatNotes(s: Pick<EtcPlanSummary, 'warnings' | 'ignored'>): string[] {
+  const lines: string[] = [];
   if (s.warnings.length > 0) {
-    lines.push('', `warnings (${s.warnings.length}): local wins`);
+    lines.push(`warnings (${s.warnings.length}): local wins`);
     for (const w of s.warnings) lines.push(`  ${showPath(w.path)}: ${w.message}`);
   }
   if (s.ignored.length > 0) {
-    lines.push('', `ignored (${s.ignored.length}): FIFOs, sockets and devices take no part in the merge`);
+    if (lines.length > 0) lines.push('');
+    lines.push(`ignored (${s.ignored.length}): FIFOs, sockets and devices take no part in the merge`);
     for (const g of s.ignored) lines.push(`  ${showPath(g.path)}: ${g.note}`);
   }
-  return lines.join('\n');
+  return lines;
 }
 
 /** The --json view: the summary plus every action with the facts an operator needs. */

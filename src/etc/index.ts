@@ -7,8 +7,9 @@
 //   planEtcMerge({ base, current, new }) -> EtcPlan
 //       Scans the three trees (lstat only) and plans. Throws PivotError 'etc-conflict' (exit 7)
 //       naming every conflicting path; nothing is changed then.
-//   summarizePlan(plan), formatPlan(plan), planToJSON(plan)
-//       Counts by action, warnings and ignored entries; the human text; the --json view.
+//   summarizePlan(plan), formatPlan(plan), formatNotes(summary), planToJSON(plan)
+//       Counts by action, warnings and ignored entries; the human text (and its warnings and
+//       ignored sections alone); the --json view.
 //   applyEtcMerge(plan, { journalDir?, durable? }) -> EtcApplyResult
 //       Applies in place, transactionally; on any error rolls back and throws 'etc-merge'.
 // Default journal: <dirname(current)>/.node-image-pivot-etc-journal (same filesystem as /etc
@@ -24,7 +25,7 @@ import { hashPaths, scanTree } from './scan.ts';
 import type { EtcPlan, EtcTrees } from './types.ts';
 
 export { applyEtcMerge, type EtcApplyOptions, type EtcApplyResult } from './apply.ts';
-export { summarizePlan, formatPlan, planToJSON, type EtcPlanSummary } from './format.ts';
+export { summarizePlan, formatPlan, formatNotes, planToJSON, type EtcPlanSummary } from './format.ts';
 export { JOURNAL_NAME, besideJournalDir, insideJournalDir } from './journal.ts';
 export type * from './types.ts';
 
