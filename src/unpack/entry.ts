@@ -147,13 +147,16 @@ export class DirectTarget implements LayerTarget {
     switch (entry.type) {
       case 'dir': {
         // Creating first and clearing only on EEXIST saves an lstat per entry in a fresh tree.
+        // A directory made just now has no xattrs to replace, so only a kept one is listed.
+        let kept = false;
         try {
           mkdirSync(path, { mode: 0o700 });
         } catch (err) {
           if (!isErrno(err, 'EEXIST')) throw err;
-          if (!this.clear(rel, true)) mkdirSync(path, { mode: 0o700 });
+          kept = this.clear(rel, true);
+          if (!kept) mkdirSync(path, { mode: 0o700 });
         }
-        this.metadata(path, entry, true);
+        this.metadata(path, entry, true, kept);
         this.dirTimes.set(rel, entry.mtime);
         return 'dir';
       }
@@ -254,12 +257,15 @@ export class DirectTarget implements LayerTarget {
     return entry.type === 'fifo' ? 'fifo' : 'device';
   }
 
-  /** lchown, chmod (not on symlinks), xattrs, times (directories: deferred to finish()). */
-  private metadata(path: string, entry: TarEntry, isDir: boolean): void {
+  /**
+   * lchown, chmod (not on symlinks), xattrs, times (directories: deferred to finish()).
+   * `replaceXattrs`: the path is an existing directory kept from a lower layer.
+   */
+  private metadata(path: string, entry: TarEntry, isDir: boolean, replaceXattrs = false): void {
     // Unprivileged runs (development, CI) keep their own uid; the agent itself always runs as root.
     if (this.opts.isRoot) lchownSync(path, entry.uid, entry.gid);
     if (entry.type !== 'symlink') chmodSync(path, entry.mode);
-    this.setXattrs(path, entry, isDir);
+    this.setXattrs(path, entry, replaceXattrs);
     if (!isDir) lutimesSync(path, entry.mtime, entry.mtime);
   }
 
