@@ -22,8 +22,11 @@ export type Outcome = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'device
 /** The tree side of an unpack. One instance per destination, across all layers. */
 export interface LayerTarget {
   beginLayer(index: number): void;
-  /** Writes one non-whiteout entry; `body` must be consumed or left to the caller to drain. */
-  writeEntry(entry: TarEntry, body: AsyncIterable<Buffer>): Promise<Outcome>;
+  /**
+   * Writes one non-whiteout entry; `body` must be consumed or left to the caller to drain.
+   * `comps` is cleanComponents(entry.name), already computed by the caller.
+   */
+  writeEntry(entry: TarEntry, comps: readonly string[], body: AsyncIterable<Buffer>): Promise<Outcome>;
   /** `.wh.NAME` in `dir` (components of the entry's directory, not yet resolved). */
   whiteout(dir: readonly string[], name: string, entryName: string): void;
   /** `.wh..wh..opq` in `dir`. */
@@ -93,9 +96,9 @@ export class DirectTarget implements LayerTarget {
   }
 
   /** Resolves the entry's parent (creating it) and returns [parentRel, name]. */
-  private place(entryName: string): { rel: string; name: string } {
-    const comps = cleanComponents(entryName);
-    const name = comps.pop();
+  private place(entryName: string, entryComps: readonly string[]): { rel: string; name: string } {
+    const comps = entryComps.slice(0, -1);
+    const name = entryComps.at(-1);
     if (name === undefined) return { rel: '', name: '' };
     // A known directory path is made of real directory names only, so it resolves to itself.
     const lexical = joinRel(comps);
@@ -134,8 +137,8 @@ export class DirectTarget implements LayerTarget {
     for (const k of this.knownDirs) if (k === rel || k.startsWith(prefix)) this.knownDirs.delete(k);
   }
 
-  async writeEntry(entry: TarEntry, body: AsyncIterable<Buffer>): Promise<Outcome> {
-    const { rel } = this.place(entry.name);
+  async writeEntry(entry: TarEntry, comps: readonly string[], body: AsyncIterable<Buffer>): Promise<Outcome> {
+    const { rel } = this.place(entry.name, comps);
     const path = hostPath(this.root, rel);
     if (rel === '' && entry.type !== 'dir') {
       throw new PivotError('path-safety', `entry ${JSON.stringify(entry.name)} would replace the destination root with a ${entry.type}`, {

@@ -167,7 +167,7 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
       if (entry.type === 'file' && s.expandedBytes + entry.size > limits.maxExpandedBytes) {
         throw limitError(`image expands beyond ${limits.maxExpandedBytes} bytes at ${JSON.stringify(entry.name)}`, 'maxExpandedBytes', { layer: label });
       }
-      const outcome = await target.writeEntry(entry, body);
+      const outcome = await target.writeEntry(entry, comps, body);
       await drain(body);
       if (outcome === 'file') {
         s.files++;
