@@ -98,17 +98,16 @@ export function resolveDirInRoot(
 
 /** Binds the resolver to a directory on disk. Implicit directories are root-owned 0755. */
 export function fsProbe(root: string): PathProbe {
-  const host = (rel: string): string => (rel === '' ? root : `${root}/${rel}`);
   return {
     kind(rel) {
-      const st = lstatSync(host(rel), { throwIfNoEntry: false });
+      const st = lstatSync(hostPath(root, rel), { throwIfNoEntry: false });
       if (!st) return 'missing';
       if (st.isDirectory()) return 'dir';
       if (st.isSymbolicLink()) return 'symlink';
       return 'other';
     },
-    readlink: (rel) => readlinkSync(host(rel)),
-    mkdir: (rel) => mkdirSync(host(rel), { mode: 0o755 }),
+    readlink: (rel) => readlinkSync(hostPath(root, rel)),
+    mkdir: (rel) => mkdirSync(hostPath(root, rel), { mode: 0o755 }),
   };
 }
 
