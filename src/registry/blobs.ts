@@ -195,7 +195,8 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
   });
 }
 
-const cachePath = (dir: string, digest: string): string => join(dir, digest.replace(/^sha256:/, ''));
+/** Where a blob lives in a digest-keyed directory (the cache, or an OCI layout's blobs/sha256). */
+export const cachePath = (dir: string, digest: string): string => join(dir, digest.replace(/^sha256:/, ''));
 
 async function sizeOf(path: string): Promise<number | undefined> {
   try {
@@ -261,6 +262,11 @@ export async function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, di
   if (!dir) throw new PivotError('internal', 'fetchBlobToDir needs a cache directory', { fix: 'pass cacheDir in RegistryOptions' });
   await mkdir(dir, { recursive: true });
   const final = cachePath(dir, desc.digest);
+  if ((await sizeOf(final)) === desc.size) {
+    ctx.stats.bytesFromCache += desc.size;
+    log().info({ blob: desc.digest, size: desc.size, source: 'cache', path: final }, 'blob already in the cache');
+    return final;
+  }
   if (ctx.cacheDir && dir !== ctx.cacheDir) {
     // Fill the shared cache first so a rerun finds it there; the copy is a hardlink when it can be.
     const cached = await fetchBlobToDir(ctx, desc, ctx.cacheDir);
@@ -268,11 +274,6 @@ export async function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, di
       await unlink(final).catch(() => undefined);
       await link(cached, final).catch(() => copyFile(cached, final));
     }
-    return final;
-  }
-  if ((await sizeOf(final)) === desc.size) {
-    ctx.stats.bytesFromCache += desc.size;
-    log().info({ blob: desc.digest, size: desc.size, source: 'cache', path: final }, 'blob already in the cache');
     return final;
   }
   const partial = `${final}.partial`;
