@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PivotError, asPivotError } from '../errors.ts';
-import { mapLimit } from './blobs.ts';
+import { cachePath, mapLimit } from './blobs.ts';
 import type { OpenedImage } from './client.ts';
 import { OCI_INDEX } from './manifest.ts';
 
@@ -39,9 +39,9 @@ async function writeInto(image: OpenedImage, dir: string, partial: string): Prom
   // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.
   const blobs = [image.configDescriptor, ...image.layers];
   // The config was already fetched and verified by openImage.
-  await writeFile(join(blobDir, image.configDescriptor.digest.slice('sha256:'.length)), image.configBytes);
+  await writeFile(cachePath(blobDir, image.configDescriptor.digest), image.configBytes);
   await mapLimit(image.layers, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
-  await writeFile(join(blobDir, image.manifestDigest.slice('sha256:'.length)), image.manifestBytes);
+  await writeFile(cachePath(blobDir, image.manifestDigest), image.manifestBytes);
   const tag = image.reference.tag ?? (image.reference.digest ? undefined : 'latest');
   const index = {
     schemaVersion: 2,
