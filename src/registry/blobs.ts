@@ -11,7 +11,9 @@ import { PivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
 import type { RegistrySession } from './session.ts';
-import { backoffDelay, DEFAULT_BACKOFF, parseRetryAfter, rangeHeader, resumePlan, sleep, type Backoff } from './transport.ts';
+import {
+  backoffDelay, DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, rangeHeader, resumePlan, sleep, TRANSIENT_STATUS, type Backoff,
+} from './transport.ts';
 
 export interface LayerDescriptor {
   digest: string;
@@ -45,8 +47,6 @@ export interface BlobContext {
   cacheDir?: string;
 }
 
-const TRANSIENT_STATUS = new Set([408, 429, 500, 502, 503, 504]);
-
 export function blobLabel(desc: LayerDescriptor): string {
   return desc.digest;
 }
@@ -69,10 +69,7 @@ class Transient extends Error {
 }
 
 function isTransient(err: unknown): boolean {
-  if (err instanceof Transient) return true;
-  if (err instanceof PivotError) return err.kind === 'network';
-  const code = (err as NodeJS.ErrnoException)?.code ?? '';
-  return code.startsWith('UND_ERR') || ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED'].includes(code);
+  return err instanceof Transient || isRetryableError(err);
 }
 
 function describe(err: unknown): string {

@@ -16,7 +16,9 @@ import {
 import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
 import { refSuffix, type ImageReference } from './reference.ts';
 import { SessionPool, type RegistrySession } from './session.ts';
-import { backoffDelay, DEFAULT_TIMEOUTS, parseRetryAfter, sleep, type Timeouts } from './transport.ts';
+import {
+  backoffDelay, DEFAULT_BACKOFF, DEFAULT_TIMEOUTS, isRetryableError, parseRetryAfter, sleep, TRANSIENT_STATUS, type Timeouts,
+} from './transport.ts';
 
 export interface RegistryOptions {
   authfile?: string;
@@ -56,8 +58,6 @@ export interface OpenedImage {
   close(): Promise<void>;
 }
 
-const TRANSIENT = new Set([429, 500, 502, 503, 504]);
-
 function errorCodes(text: string): string {
   try {
     const doc = JSON.parse(text) as { errors?: Array<{ code?: string }> };
@@ -82,6 +82,7 @@ async function readCapped(body: AsyncIterable<unknown>, cap: number, what: strin
 export async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, deadline: number): Promise<{ bytes: Buffer; contentType: string | undefined; digest: string }> {
   const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
   failpoint('registry.manifest');
+  const lastAttempt = DEFAULT_BACKOFF.maxAttempts - 1;
   for (let attempt = 0; ; attempt++) {
     let res;
     try {
@@ -89,14 +90,14 @@ export async function fetchManifest(session: RegistrySession, repository: string
     } catch (err) {
       // A connection that broke mid-request is worth another try; DNS, connect and TLS failures
       // are not (the next source is tried instead, and systemd's Restart= covers the rest).
-      const transfer = err instanceof PivotError && err.kind === 'network' && err.facts.stage === 'transfer';
+      const transfer = isRetryableError(err) && err instanceof PivotError && err.facts.stage === 'transfer';
       const wait = backoffDelay(attempt);
-      if (!transfer || attempt >= 3 || Date.now() + wait >= deadline) throw err;
+      if (!transfer || attempt >= lastAttempt || Date.now() + wait >= deadline) throw err;
       log().warn({ manifest: what, attempt, reason: err.message }, 'retrying manifest');
       await sleep(wait);
       continue;
     }
-    if (TRANSIENT.has(res.statusCode) && attempt < 3) {
+    if (TRANSIENT_STATUS.has(res.statusCode) && attempt < lastAttempt) {
       const wait = parseRetryAfter(res.headers['retry-after']) ?? backoffDelay(attempt);
       if (Date.now() + wait < deadline) {
         await res.body.dump();

@@ -110,10 +110,20 @@ export function networkStage(err: unknown): NetworkStage {
   return 'transfer';
 }
 
-export function isNetworkError(err: unknown): boolean {
+/** HTTP statuses worth another attempt (with backoff, honouring Retry-After). */
+export const TRANSIENT_STATUS: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);
+
+const RETRYABLE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED']);
+
+/**
+ * Whether a failed request or transfer is worth another attempt: a network PivotError, or an
+ * undici or socket error (its code found anywhere along the cause chain).
+ */
+export function isRetryableError(err: unknown): boolean {
   if (err instanceof PivotError) return err.kind === 'network';
-  const code = errCode(err);
-  return code !== undefined && (code.startsWith('UND_ERR') || code.startsWith('E') || TLS_CODE.test(code) || code.startsWith('ERR_'));
+  const own = (err as { code?: unknown } | undefined)?.code;
+  const code = errCode(err) ?? (typeof own === 'string' ? own : '');
+  return code.startsWith('UND_ERR') || RETRYABLE_CODES.has(code);
 }
 
 /** A PivotError naming the host and whether DNS, connect, TLS or the transfer failed. */
