@@ -47,10 +47,6 @@ export interface BlobContext {
   cacheDir?: string;
 }
 
-export function blobLabel(desc: LayerDescriptor): string {
-  return desc.digest;
-}
-
 function verificationError(desc: LayerDescriptor, source: string, message: string, facts: Record<string, unknown>): PivotError {
   return new PivotError('verification', `blob ${desc.digest} from ${source} ${message}`, {
     fix: 'the registry or mirror serves corrupt data: re-push the image there or remove that mirror from registries.conf',
@@ -60,10 +56,8 @@ function verificationError(desc: LayerDescriptor, source: string, message: strin
 
 class Transient extends Error {
   readonly retryAfterMs: number | undefined;
-  readonly original: unknown;
-  constructor(message: string, original?: unknown, retryAfterMs?: number) {
+  constructor(message: string, retryAfterMs?: number) {
     super(message);
-    this.original = original;
     this.retryAfterMs = retryAfterMs;
   }
 }
@@ -128,7 +122,7 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       }
       if (TRANSIENT_STATUS.has(res.statusCode)) {
         await res.body.dump();
-        lastError = new Transient(`HTTP ${res.statusCode}`, undefined, parseRetryAfter(res.headers['retry-after']));
+        lastError = new Transient(`HTTP ${res.statusCode}`, parseRetryAfter(res.headers['retry-after']));
         continue;
       }
       const plan = resumePlan(res.statusCode, res.headers['content-range'] as string | undefined, offset);
@@ -205,7 +199,7 @@ async function sizeOf(path: string): Promise<number | undefined> {
 }
 
 /** The cached, verified copy of a blob, if there is one. */
-export async function cachedBlob(dir: string | undefined, desc: LayerDescriptor): Promise<string | undefined> {
+async function cachedBlob(dir: string | undefined, desc: LayerDescriptor): Promise<string | undefined> {
   if (!dir) return undefined;
   const path = cachePath(dir, desc.digest);
   return (await sizeOf(path)) === desc.size ? path : undefined;

@@ -52,8 +52,6 @@ export interface SourcePlan {
   entry?: RegistryEntry;
 }
 
-export const EMPTY_CONF: RegistriesConf = { unqualifiedSearch: [], registries: [], files: [] };
-
 function confError(file: string, field: string, expected: string): PivotError {
   return new PivotError('config', `registries.conf ${file}: ${field} ${expected}`, {
     path: file,

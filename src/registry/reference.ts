@@ -65,7 +65,7 @@ export function badIndexInComponent(s: string): number {
 }
 
 /** Index of the first bad character of a host[:port], or -1. */
-export function badIndexInDomain(s: string): number {
+function badIndexInDomain(s: string): number {
   let host = s;
   const ipv6 = /^\[[0-9a-fA-F:.]+\]/.exec(s);
   let i = 0;

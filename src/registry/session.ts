@@ -26,7 +26,7 @@ export interface RequestOptions {
 }
 
 /** Docker Hub's API is not served at docker.io itself. */
-export function endpointOf(registry: string): string {
+function endpointOf(registry: string): string {
   return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
 }
 
