@@ -39,10 +39,9 @@ export interface OpenedImage {
   manifestDigest: string;
   /** Digest of the index the reference named, when it named one. */
   indexDigest?: string;
-  manifest: unknown;
   manifestBytes: Buffer;
   manifestMediaType: string;
-  config: unknown;
+  /** The image config as fetched (verified, and checked to be JSON). */
   configBytes: Buffer;
   configDescriptor: LayerDescriptor;
   platform: Platform;
@@ -79,7 +78,7 @@ async function readCapped(body: AsyncIterable<unknown>, cap: number, what: strin
 }
 
 /** GETs one manifest, verifying its digest when one is expected. Retries transient failures. */
-export async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, deadline: number): Promise<{ bytes: Buffer; contentType: string | undefined; digest: string }> {
+async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, deadline: number): Promise<{ bytes: Buffer; contentType: string | undefined; digest: string }> {
   const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
   failpoint('registry.manifest');
   const lastAttempt = DEFAULT_BACKOFF.maxAttempts - 1;
@@ -199,7 +198,8 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
   const wanted = opts.platform ? parsePlatform(opts.platform) : hostPlatform();
   const authSearch = authFileCandidates(opts.authfile);
   const authFiles = readAuthFiles(authSearch, opts.authfile !== undefined);
-  const pool = new SessionPool({ authFiles, authSearch: authFiles.map((f) => f.path).length ? authFiles.map((f) => f.path) : authSearch, ...(opts.certDir ? { certDir: opts.certDir } : {}), timeouts });
+  const authPaths = authFiles.map((f) => f.path);
+  const pool = new SessionPool({ authFiles, authSearch: authPaths.length ? authPaths : authSearch, ...(opts.certDir ? { certDir: opts.certDir } : {}), timeouts });
   const skipped = [...plan.skipped];
   for (const s of skipped) log().info({ image: reference.toString(), source: s.name, reason: s.reason }, 'source skipped');
 
@@ -224,46 +224,37 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       }
     }
     if (!resolved) throw lastError;
-  } catch (err) {
-    await pool.close();
-    throw err;
-  }
 
-  const r = resolved;
-  // Later sources for the same image only: a short name's other search registries hold other images.
-  const blobSources: BlobSource[] = plan.sources.slice(servedIndex).filter((s) => s.original === r.source.original).map((s) => ({
-    session: pool.get(s.ref.registry, s.insecure), repository: s.ref.repository, name: s.name,
-  }));
-  const stats: BlobStats = { bytesFetched: 0, bytesResumed: 0, bytesFromCache: 0 };
-  const ctx: BlobContext = { sources: blobSources, skipped, deadline, stats, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
-  let configBytes: Buffer;
-  let config: unknown;
-  try {
-    configBytes = await readConfig(ctx, r.config);
-    config = parseJson(configBytes, `image config ${r.config.digest}`);
+    const r = resolved;
+    // Later sources for the same image only: a short name's other search registries hold other images.
+    const blobSources: BlobSource[] = plan.sources.slice(servedIndex).filter((s) => s.original === r.source.original).map((s) => ({
+      session: pool.get(s.ref.registry, s.insecure), repository: s.ref.repository, name: s.name,
+    }));
+    const stats: BlobStats = { bytesFetched: 0, bytesResumed: 0, bytesFromCache: 0 };
+    const ctx: BlobContext = { sources: blobSources, skipped, deadline, stats, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
+    const configBytes = await readConfig(ctx, r.config);
+    parseJson(configBytes, `image config ${r.config.digest}`);
+    log().info({ image: reference.toString(), source: r.source.name, manifestDigest: r.manifestDigest, platform: platformString(r.platform), layers: r.layers.length }, 'manifest resolved');
+    const strip = (d: Descriptor): LayerDescriptor => ({ digest: d.digest, size: d.size, mediaType: d.mediaType });
+    return {
+      reference,
+      manifestDigest: r.manifestDigest,
+      ...(r.indexDigest ? { indexDigest: r.indexDigest } : {}),
+      manifestBytes: r.manifestBytes,
+      manifestMediaType: r.manifestMediaType,
+      configBytes,
+      configDescriptor: strip(r.config),
+      platform: r.platform,
+      layers: r.layers.map(strip),
+      source: r.source.name,
+      concurrency: opts.concurrency ?? 3,
+      openBlob: (layer) => openBlobStream(ctx, layer),
+      fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
+      stats: () => ({ ...stats }),
+      close: () => pool.close(),
+    };
   } catch (err) {
     await pool.close();
     throw err;
   }
-  log().info({ image: reference.toString(), source: r.source.name, manifestDigest: r.manifestDigest, platform: platformString(r.platform), layers: r.layers.length }, 'manifest resolved');
-  const strip = (d: Descriptor): LayerDescriptor => ({ digest: d.digest, size: d.size, mediaType: d.mediaType });
-  return {
-    reference,
-    manifestDigest: r.manifestDigest,
-    ...(r.indexDigest ? { indexDigest: r.indexDigest } : {}),
-    manifest: JSON.parse(r.manifestBytes.toString('utf8')),
-    manifestBytes: r.manifestBytes,
-    manifestMediaType: r.manifestMediaType,
-    config,
-    configBytes,
-    configDescriptor: strip(r.config),
-    platform: r.platform,
-    layers: r.layers.map(strip),
-    source: r.source.name,
-    concurrency: opts.concurrency ?? 3,
-    openBlob: (layer) => openBlobStream(ctx, layer),
-    fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
-    stats: () => ({ ...stats }),
-    close: () => pool.close(),
-  };
 }
