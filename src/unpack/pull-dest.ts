@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { PivotError } from '../errors.ts';
 import { log } from '../log.ts';
-import { mapLimit, openImage, type RegistryOptions } from '../registry/index.ts';
+import { mapLimit, openImage, type BlobStats, type OpenedImage, type RegistryOptions } from '../registry/index.ts';
 import { unpackLayers, type LayerSource, type UnpackOptions, type UnpackSummary } from './layers.ts';
 
 export interface PullToDestSummary extends UnpackSummary {
@@ -15,7 +15,7 @@ export interface PullToDestSummary extends UnpackSummary {
   source: string;
   dest: string;
   /** Bytes fetched, resumed and served from the blob cache. */
-  transfer: { bytesFetched: number; bytesResumed: number; bytesFromCache: number };
+  transfer: BlobStats;
 }
 
 export async function pullToDest(ref: string, dest: string, registry: RegistryOptions, unpack: UnpackOptions): Promise<PullToDestSummary> {
@@ -68,7 +68,7 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
       manifestDigest: image.manifestDigest,
       source: image.source,
       dest: dir,
-      transfer: pick(image.stats()),
+      transfer: image.stats(),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
@@ -92,17 +92,13 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
   }
 }
 
-function pick(s: { bytesFetched: number; bytesResumed: number; bytesFromCache: number }): PullToDestSummary['transfer'] {
-  return { bytesFetched: s.bytesFetched, bytesResumed: s.bytesResumed, bytesFromCache: s.bytesFromCache };
-}
-
 interface Prefetch {
   /** Resolves when layer i is in the cache, verified; rejects with the first download failure. */
   ready(i: number): Promise<void>;
   settled(): Promise<void>;
 }
 
-function startPrefetch(image: Awaited<ReturnType<typeof openImage>>): Prefetch {
+function startPrefetch(image: OpenedImage): Prefetch {
   const waiters = image.layers.map(() => {
     let resolve!: () => void;
     let reject!: (err: unknown) => void;
