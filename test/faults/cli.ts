@@ -1,6 +1,8 @@
 // The real CLI as a child process, without blocking the event loop: the fault proxy and the token
 // server live in the test process and must keep answering while the CLI runs.
 import { spawn } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -27,10 +29,36 @@ export function errorLineOf(stderr: string): string {
   return lines.pop() ?? '';
 }
 
-export function runCli(args: string[], opts: { env?: Record<string, string>; timeoutMs?: number; argv0?: string[] } = {}): Promise<CliRun> {
+let nobodyBinary: string | undefined;
+
+/**
+ * argv0 for running the CLI as nobody (root bypasses permission bits, so EACCES cases need an
+ * unprivileged user). nobody may not reach the checkout (CI clones into a private temp dir), so
+ * it runs a copy of the single executable from a directory anyone can enter. Pass with entry: [].
+ */
+export function asNobody(): string[] {
+  if (!nobodyBinary) {
+    const built = join(ROOT, 'dist', 'node-image-pivot');
+    if (!existsSync(built)) throw new Error(`${built} is missing: npm test builds it first (npm run build)`);
+    const dir = mkdtempSync(join(tmpdir(), 'nip-nobody-'));
+    chmodSync(dir, 0o755);
+    nobodyBinary = join(dir, 'node-image-pivot');
+    copyFileSync(built, nobodyBinary);
+    chmodSync(nobodyBinary, 0o755);
+  }
+  return ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', nobodyBinary];
+}
+
+/** Removes asNobody's copy (call from afterAll). */
+export function releaseNobody(): void {
+  if (nobodyBinary) rmSync(join(nobodyBinary, '..'), { recursive: true, force: true });
+  nobodyBinary = undefined;
+}
+
+export function runCli(args: string[], opts: { env?: Record<string, string>; timeoutMs?: number; argv0?: string[]; entry?: string[] } = {}): Promise<CliRun> {
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(opts.argv0?.[0] ?? process.execPath, [...(opts.argv0?.slice(1) ?? []), MAIN, ...args], {
+    const child = spawn(opts.argv0?.[0] ?? process.execPath, [...(opts.argv0?.slice(1) ?? []), ...(opts.entry ?? [MAIN]), ...args], {
       env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn', ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

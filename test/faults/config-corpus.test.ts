@@ -12,12 +12,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema } from '../../src/config.ts';
 import { mapLimit } from '../../src/registry/index.ts';
-import { runCli, type CliRun } from './cli.ts';
+import { asNobody, releaseNobody, runCli, type CliRun } from './cli.ts';
 import { faultCase } from './table.ts';
 
 const CAT = 'config';
 const ISOLATED_ETC = ['unshare', '-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /etc && exec "$@"', 'sh', process.execPath];
-const AS_NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath];
 
 interface ConfigCase {
   name: string;
@@ -26,6 +25,8 @@ interface ConfigCase {
   /** What the one line must contain: `field X` for schema errors, a path or phrase otherwise. */
   names: string | RegExp;
   argv0?: string[];
+  /** Runs the copied single executable as nobody (asNobody) instead of the source. */
+  nobody?: boolean;
   /** Writes the config somewhere special; returns its path. */
   place?: (dir: string, text: string) => string;
 }
@@ -113,7 +114,7 @@ function corpus(): ConfigCase[] {
       place: (d) => { execFileSync('mkfifo', [join(d, 'fifo.json')]); return join(d, 'fifo.json'); },
     },
     {
-      name: 'unreadable: mode 0600 file, run as nobody (EACCES)', content: base(), names: /cannot read config .*EACCES/, argv0: AS_NOBODY,
+      name: 'unreadable: mode 0600 file, run as nobody (EACCES)', content: base(), names: /cannot read config .*EACCES/, nobody: true,
       place: (d, text) => { const f = join(d, 'secret.json'); writeFileSync(f, text); chmodSync(f, 0o600); chmodSync(d, 0o755); return f; },
     },
   );
@@ -131,11 +132,14 @@ beforeAll(async () => {
     const text = typeof c.content === 'string' ? c.content : JSON.stringify(c.content);
     const file = c.place ? c.place(dir, text) : join(dir, 'config.json');
     if (!c.place) writeFileSync(file, text);
-    const run = await runCli(['run', '--config', file, '--dry-run'], { timeoutMs: 20_000, ...(c.argv0 ? { argv0: c.argv0 } : {}) });
+    const run = await runCli(['run', '--config', file, '--dry-run'], { timeoutMs: 20_000, ...(c.argv0 ? { argv0: c.argv0 } : {}), ...(c.nobody ? { argv0: asNobody(), entry: [] } : {}) });
     results.set(c.name, { ...run, file });
   });
 }, 180_000);
-afterAll(() => { rmSync(tmp, { recursive: true, force: true }); });
+afterAll(() => {
+  rmSync(tmp, { recursive: true, force: true });
+  releaseNobody();
+});
 
 describe('bad config corpus (run --config F --dry-run)', () => {
   it('covers every schema field and at least 50 cases', () => {

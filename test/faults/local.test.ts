@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { buildOciLayout, gzip, OCI_LAYER_GZIP, OCI_LAYER_TAR, pushLayout, simpleTar } from '../helpers/oci-image.ts';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts';
 import { materialize, realistic, snapshot } from '../etc/helpers.ts';
-import { runCli } from './cli.ts';
+import { asNobody, releaseNobody, runCli } from './cli.ts';
 import { faultCase } from './table.ts';
 
 const CAT = 'local';
@@ -35,6 +35,7 @@ beforeAll(async () => {
   chmodSync(conf, 0o644);
 });
 afterAll(async () => {
+  releaseNobody();
   await reg?.stop();
   rmSync(tmp, { recursive: true, force: true });
 });
@@ -66,7 +67,7 @@ describe('staging faults (pull --dest)', () => {
     writeFileSync(auth, '{"auths":{}}');
     chmodSync(auth, 0o644);
     const r = await runCli(['pull', `${reg.host}/ns/app:v1`, '--dest', out, '--registries-conf', conf, '--authfile', auth], {
-      argv0: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath],
+      argv0: asNobody(), entry: [],
       env: { HOME: '/nonexistent' },
     });
     expect(r.code).toBe(5);
