@@ -137,6 +137,17 @@ export class PivotError extends Error {
   }
 }
 
+/** How many items an error message, fix or facts list before "and N more". */
+export const LIST_LIMIT = 10;
+
+/** Pure: the first `limit` items joined, and how many were left out ("a, b and 9,990 more"). */
+export function listSome(items: readonly string[], limit = LIST_LIMIT): { text: string; shown: string[]; total: number } {
+  const shown = items.slice(0, limit).map((s) => (s.length > 100 ? `${s.slice(0, 100)}...` : s));
+  const rest = items.length - shown.length;
+  const text = rest > 0 ? `${shown.join(', ')} and ${rest.toLocaleString('en-US')} more` : shown.join(', ');
+  return { text, shown, total: items.length };
+}
+
 export function singleLine(text: string): string {
   return text.replace(/\s*[\r\n]+\s*/g, ' ').trim();
 }

@@ -10,9 +10,10 @@ import { Readable } from 'node:stream';
 import { PivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
+import { guardedChunks, isDeadline, type PullBudget } from './bounds.ts';
 import type { RegistrySession } from './session.ts';
 import {
-  backoffDelay, DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, rangeHeader, resumePlan, sleep, TRANSIENT_STATUS, type Backoff,
+  backoffDelay, DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, rangeHeader, resumePlan, sleep, TRANSIENT_STATUS, type Backoff, type Timeouts,
 } from './transport.ts';
 
 export interface LayerDescriptor {
@@ -40,11 +41,17 @@ export interface BlobContext {
   sources: BlobSource[];
   /** Why sources were left out, logged with each blob. */
   skipped: Array<{ name: string; reason: string }>;
-  /** Epoch ms after which no more retries start. */
-  deadline: number;
+  /** The pull's deadline: no retry starts after it, and it aborts a transfer in flight. */
+  budget: PullBudget;
+  timeouts: Timeouts;
   backoff?: Backoff;
   stats: BlobStats;
   cacheDir?: string;
+  /**
+   * Fetches under way, by destination file: an image may list one layer several times, and
+   * every use after the first waits for the one download instead of sharing its *.partial.
+   */
+  inflight: Map<string, Promise<string>>;
 }
 
 function verificationError(desc: LayerDescriptor, source: string, message: string, facts: Record<string, unknown>): PivotError {
@@ -80,10 +87,8 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
   let lastError: unknown;
   let requests = 0;
   const initial = offset;
-  const budgetSpent = (source: string): PivotError => new PivotError('network', `gave up on blob ${desc.digest} from ${source}: the pull time budget ran out (${describe(lastError)})`, {
-    fix: 'check the network path to the registry, or raise timeouts.pullSeconds in the config',
-    facts: { blob: desc.digest, source },
-  });
+  const what = `blob ${desc.digest}`;
+  const budgetSpent = (src: BlobSource): PivotError => ctx.budget.error(src.session.registry, `${what} (${src.name})`, describe(lastError));
   failpoint('registry.blob');
   for (let s = 0; s < ctx.sources.length; s++) {
     const src = ctx.sources[s]!;
@@ -91,13 +96,11 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       if (attempt > 0) {
         const retryAfter = lastError instanceof Transient ? lastError.retryAfterMs : undefined;
         const wait = retryAfter ?? backoffDelay(attempt - 1, backoff);
-        if (Date.now() + wait > ctx.deadline) {
-          throw budgetSpent(src.name);
-        }
+        if (ctx.budget.expired(Date.now() + wait)) throw budgetSpent(src);
         log().warn({ blob: desc.digest, source: src.name, attempt, waitMs: wait, offset, reason: describe(lastError) }, 'retrying blob');
         await sleep(wait);
-      } else if (requests > 0 && Date.now() > ctx.deadline) {
-        throw budgetSpent(src.name);
+      } else if (requests > 0 && ctx.budget.expired()) {
+        throw budgetSpent(src);
       }
       const range = rangeHeader(offset);
       requests++;
@@ -105,9 +108,11 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       try {
         res = await src.session.request(`/v2/${src.repository}/blobs/${desc.digest}`, src.repository, {
           headers: range ? { range } : {},
-          what: `blob ${desc.digest}`,
+          what,
+          budget: ctx.budget,
         });
       } catch (err) {
+        if (isDeadline(err)) throw err;
         lastError = err;
         if (isTransient(err)) continue;
         break;
@@ -135,8 +140,8 @@ export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, o
       let skip = plan.skip;
       const before = offset;
       try {
-        for await (const raw of res.body) {
-          let chunk = raw as Buffer;
+        for await (const raw of guardedChunks(res.body, { host: res.host, what, timeouts: ctx.timeouts, budget: ctx.budget })) {
+          let chunk = raw;
           if (skip > 0) {
             const n = Math.min(skip, chunk.length);
             skip -= n;
@@ -248,9 +253,21 @@ async function writeChunks(chunks: AsyncIterable<Buffer>, path: string, append: 
   }
 }
 
-/** Fetches into `dir` (default: the cache) as HEX.partial, verified, then renamed to HEX. */
-export async function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, dir = ctx.cacheDir): Promise<string> {
-  if (!dir) throw new PivotError('internal', 'fetchBlobToDir needs a cache directory', { fix: 'pass cacheDir in RegistryOptions' });
+/**
+ * Fetches into `dir` (default: the cache) as HEX.partial, verified, then renamed to HEX. A second
+ * call for the same blob and directory while the first runs waits for it and shares its result.
+ */
+export function fetchBlobToDir(ctx: BlobContext, desc: LayerDescriptor, dir = ctx.cacheDir): Promise<string> {
+  if (!dir) return Promise.reject(new PivotError('internal', 'fetchBlobToDir needs a cache directory', { fix: 'pass cacheDir in RegistryOptions' }));
+  const key = cachePath(dir, desc.digest);
+  const running = ctx.inflight.get(key);
+  if (running) return running;
+  const started = fetchInto(ctx, desc, dir).finally(() => ctx.inflight.delete(key));
+  ctx.inflight.set(key, started);
+  return started;
+}
+
+async function fetchInto(ctx: BlobContext, desc: LayerDescriptor, dir: string): Promise<string> {
   await mkdir(dir, { recursive: true });
   const final = cachePath(dir, desc.digest);
   if ((await sizeOf(final)) === desc.size) {

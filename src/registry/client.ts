@@ -9,8 +9,9 @@ import { authFileCandidates, readAuthFiles } from './auth.ts';
 import {
   fetchBlobToDir, openBlobStream, verifiedChunks, type BlobContext, type BlobSource, type BlobStats, type LayerDescriptor,
 } from './blobs.ts';
+import { isDeadline, MAX_CONFIG_BYTES, MAX_ERROR_BODY_BYTES, MAX_MANIFEST_BYTES, PullBudget, readCapped } from './bounds.ts';
 import {
-  hostPlatform, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, parseManifest, parsePlatform, platformString, selectPlatform,
+  hostPlatform, MANIFEST_ACCEPT, parseManifest, parsePlatform, platformString, selectPlatform,
   type Descriptor, type Platform,
 } from './manifest.ts';
 import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
@@ -60,77 +61,76 @@ export interface OpenedImage {
 function errorCodes(text: string): string {
   try {
     const doc = JSON.parse(text) as { errors?: Array<{ code?: string }> };
-    return (doc.errors ?? []).map((e) => e.code).filter(Boolean).join(', ');
+    return (doc.errors ?? []).map((e) => e.code).filter(Boolean).slice(0, 5).join(', ');
   } catch {
     return '';
   }
 }
 
-async function readCapped(body: AsyncIterable<unknown>, cap: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of body) {
-    n += (c as Buffer).length;
-    if (n > cap) throw new PivotError('registry', `${what} is larger than ${cap} bytes`, { fix: 'check that the reference names an image manifest', permanent: true });
-    chunks.push(c as Buffer);
+/** A transient status: worth another attempt after `waitMs` (Retry-After, else backoff). */
+class RetryStatus extends Error {
+  readonly waitMs: number | undefined;
+  constructor(status: number, waitMs: number | undefined) {
+    super(`HTTP ${status}`);
+    this.waitMs = waitMs;
   }
-  return Buffer.concat(chunks);
+}
+
+interface FetchedManifest { bytes: Buffer; contentType: string | undefined; digest: string }
+
+async function fetchManifestOnce(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, budget: PullBudget, what: string, lastAttempt: boolean): Promise<FetchedManifest> {
+  const res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what, budget });
+  const guard = { host: res.host, what, timeouts: session.timeouts, budget };
+  if (TRANSIENT_STATUS.has(res.statusCode) && !lastAttempt) {
+    await res.body.dump();
+    throw new RetryStatus(res.statusCode, parseRetryAfter(res.headers['retry-after']));
+  }
+  if (res.statusCode !== 200) {
+    const text = await readCapped(res.body, MAX_ERROR_BODY_BYTES, guard).then((b) => b.toString(), () => '');
+    const codes = errorCodes(text);
+    const notFound = res.statusCode === 404;
+    throw new PivotError('registry', `${what}: HTTP ${res.statusCode}${codes ? ` ${codes}` : ''}${notFound ? ' (no such repository or tag)' : ''}`, {
+      fix: notFound ? 'check the image name and tag, and that the image was pushed to this registry' : 'retry later; if it persists, check the registry',
+      facts: { status: res.statusCode, registry: session.registry, host: res.host, repository, reference },
+      permanent: notFound,
+    });
+  }
+  const bytes = await readCapped(res.body, MAX_MANIFEST_BYTES, guard, res.headers['content-length']);
+  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const claimed = res.headers['docker-content-digest'];
+  const expected = expectedDigest ?? (typeof claimed === 'string' && claimed.startsWith('sha256:') ? claimed : undefined);
+  if (expected !== undefined && digest !== expected) {
+    throw new PivotError('verification', `${what} has digest ${digest}, expected ${expected}`, {
+      fix: 'the registry or mirror serves a different manifest than the digest names: re-push the image or remove that mirror',
+      facts: { expected, actual: digest, registry: session.registry },
+    });
+  }
+  const ct = res.headers['content-type'];
+  return { bytes, contentType: typeof ct === 'string' ? ct : undefined, digest };
 }
 
 /** GETs one manifest, verifying its digest when one is expected. Retries transient failures. */
-async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, deadline: number): Promise<{ bytes: Buffer; contentType: string | undefined; digest: string }> {
+async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, budget: PullBudget): Promise<FetchedManifest> {
   const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
   failpoint('registry.manifest');
   const lastAttempt = DEFAULT_BACKOFF.maxAttempts - 1;
   for (let attempt = 0; ; attempt++) {
-    let res;
     try {
-      res = await session.request(`/v2/${repository}/manifests/${reference}`, repository, { headers: { accept: MANIFEST_ACCEPT }, what });
+      return await fetchManifestOnce(session, repository, reference, expectedDigest, budget, what, attempt >= lastAttempt);
     } catch (err) {
-      // A connection that broke mid-request is worth another try; DNS, connect and TLS failures
-      // are not (the next source is tried instead, and systemd's Restart= covers the rest).
+      // A transient status, or a connection that broke mid-request or mid-body, is worth another
+      // try; DNS, connect and TLS failures are not (the next source is tried instead, and
+      // systemd's Restart= covers the rest), nor are permanent answers.
+      const status = err instanceof RetryStatus;
       const transfer = isRetryableError(err) && err instanceof PivotError && err.facts.stage === 'transfer';
-      const wait = backoffDelay(attempt);
-      if (!transfer || attempt >= lastAttempt || Date.now() + wait >= deadline) throw err;
-      log().warn({ manifest: what, attempt, reason: err.message }, 'retrying manifest');
-      await sleep(wait);
-      continue;
-    }
-    if (TRANSIENT_STATUS.has(res.statusCode) && attempt < lastAttempt) {
-      const wait = parseRetryAfter(res.headers['retry-after']) ?? backoffDelay(attempt);
-      if (Date.now() + wait < deadline) {
-        await res.body.dump();
-        await sleep(wait);
-        continue;
+      const wait = (status ? err.waitMs : undefined) ?? backoffDelay(attempt);
+      if (!(status || transfer) || attempt >= lastAttempt) throw err;
+      if (budget.expired(Date.now() + wait)) {
+        throw budget.error(session.registry, what, err instanceof Error ? err.message : String(err));
       }
+      log().warn({ manifest: what, attempt, waitMs: wait, reason: (err as Error).message }, 'retrying manifest');
+      await sleep(wait);
     }
-    if (res.statusCode !== 200) {
-      const text = await readCapped(res.body, 64 * 1024, what).then((b) => b.toString(), () => '');
-      const codes = errorCodes(text);
-      const notFound = res.statusCode === 404;
-      throw new PivotError('registry', `${what}: HTTP ${res.statusCode}${codes ? ` ${codes}` : ''}${notFound ? ' (no such repository or tag)' : ''}`, {
-        fix: notFound ? 'check the image name and tag, and that the image was pushed to this registry' : 'retry later; if it persists, check the registry',
-        facts: { status: res.statusCode, registry: session.registry, repository, reference },
-        permanent: notFound,
-      });
-    }
-    const len = Number(res.headers['content-length'] ?? 0);
-    if (len > MAX_MANIFEST_BYTES) {
-      await res.body.dump();
-      throw new PivotError('registry', `${what} is ${len} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit`, { fix: 'check that the reference names an image manifest', permanent: true });
-    }
-    const bytes = await readCapped(res.body, MAX_MANIFEST_BYTES, what);
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    const claimed = res.headers['docker-content-digest'];
-    const expected = expectedDigest ?? (typeof claimed === 'string' && claimed.startsWith('sha256:') ? claimed : undefined);
-    if (expected !== undefined && digest !== expected) {
-      throw new PivotError('verification', `${what} has digest ${digest}, expected ${expected}`, {
-        fix: 'the registry or mirror serves a different manifest than the digest names: re-push the image or remove that mirror',
-        facts: { expected, actual: digest, registry: session.registry },
-      });
-    }
-    const ct = res.headers['content-type'];
-    return { bytes, contentType: typeof ct === 'string' ? ct : undefined, digest };
   }
 }
 
@@ -145,11 +145,11 @@ interface Resolved {
   platform: Platform;
 }
 
-async function resolveAt(session: RegistrySession, source: Source, wanted: Platform, explicitPlatform: boolean, deadline: number): Promise<Resolved> {
+async function resolveAt(session: RegistrySession, source: Source, wanted: Platform, explicitPlatform: boolean, budget: PullBudget): Promise<Resolved> {
   const ref = source.ref;
   const selector = ref.digest ?? ref.tag ?? 'latest';
   const what = `${source.name}:${refSuffix(ref)}`;
-  const top = await fetchManifest(session, ref.repository, selector, ref.digest, deadline);
+  const top = await fetchManifest(session, ref.repository, selector, ref.digest, budget);
   let parsed = parseManifest(top.bytes, top.contentType, `manifest ${what}`);
   let bytes = top.bytes;
   let digest = top.digest;
@@ -159,7 +159,7 @@ async function resolveAt(session: RegistrySession, source: Source, wanted: Platf
     const chosen = selectPlatform(parsed.manifests, wanted, `image index ${what}`, explicitPlatform);
     indexDigest = top.digest;
     platform = chosen.platform;
-    const child = await fetchManifest(session, ref.repository, chosen.digest, chosen.digest, deadline);
+    const child = await fetchManifest(session, ref.repository, chosen.digest, chosen.digest, budget);
     parsed = parseManifest(child.bytes, child.contentType ?? chosen.mediaType, `manifest ${source.name}@${chosen.digest}`);
     if (parsed.kind !== 'image') throw new PivotError('registry', `image index ${what} points at another index for ${platformString(wanted)}`, { fix: 'flatten the index when pushing', permanent: true });
     bytes = child.bytes;
@@ -173,7 +173,7 @@ async function resolveAt(session: RegistrySession, source: Source, wanted: Platf
 }
 
 async function readConfig(ctx: BlobContext, desc: Descriptor): Promise<Buffer> {
-  if (desc.size > 16 * 1024 * 1024) throw new PivotError('registry', `image config ${desc.digest} is ${desc.size} bytes, over 16 MiB`, { fix: 'check the image', permanent: true });
+  if (desc.size > MAX_CONFIG_BYTES) throw new PivotError('registry', `image config ${desc.digest} is ${desc.size} bytes, over the ${MAX_CONFIG_BYTES}-byte limit`, { fix: 'check the image', permanent: true });
   const chunks: Buffer[] = [];
   for await (const c of verifiedChunks(ctx, desc)) chunks.push(c);
   return Buffer.concat(chunks);
@@ -190,7 +190,7 @@ function parseJson(bytes: Buffer, what: string): unknown {
 /** Resolves the reference through registries.conf, fetches manifest and config. See index.ts. */
 export async function openImage(refText: string, opts: RegistryOptions = {}): Promise<OpenedImage> {
   const timeouts: Timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
-  const deadline = Date.now() + timeouts.pullSeconds * 1000;
+  const budget = new PullBudget(timeouts.pullSeconds);
   const conf = loadRegistriesConf(opts.registriesConf ?? '/etc/containers/registries.conf', opts.registriesConf !== undefined);
   const plan = planReference(refText, conf);
   let reference = plan.reference;
@@ -210,14 +210,14 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
     for (let i = 0; i < plan.sources.length; i++) {
       const source = plan.sources[i]!;
       try {
-        resolved = await resolveAt(pool.get(source.ref.registry, source.insecure), source, wanted, explicitPlatform, deadline);
+        resolved = await resolveAt(pool.get(source.ref.registry, source.insecure), source, wanted, explicitPlatform, budget);
         servedIndex = i;
         reference = source.original;
         break;
       } catch (err) {
         lastError = err;
         const e = err as PivotError;
-        if (e instanceof PivotError && (e.kind === 'usage' || e.facts.noPlatform)) throw e;
+        if (e instanceof PivotError && (e.kind === 'usage' || e.facts.noPlatform || isDeadline(e))) throw e;
         const reason = err instanceof Error ? err.message : String(err);
         skipped.push({ name: source.name, reason });
         if (i + 1 < plan.sources.length) log().warn({ image: reference.toString(), source: source.name, reason }, 'source failed, trying the next one');
@@ -231,7 +231,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       session: pool.get(s.ref.registry, s.insecure), repository: s.ref.repository, name: s.name,
     }));
     const stats: BlobStats = { bytesFetched: 0, bytesResumed: 0, bytesFromCache: 0 };
-    const ctx: BlobContext = { sources: blobSources, skipped, deadline, stats, ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
+    const ctx: BlobContext = { sources: blobSources, skipped, budget, timeouts, stats, inflight: new Map(), ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}) };
     const configBytes = await readConfig(ctx, r.config);
     parseJson(configBytes, `image config ${r.config.digest}`);
     log().info({ image: reference.toString(), source: r.source.name, manifestDigest: r.manifestDigest, platform: platformString(r.platform), layers: r.layers.length }, 'manifest resolved');
@@ -251,9 +251,13 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       openBlob: (layer) => openBlobStream(ctx, layer),
       fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
       stats: () => ({ ...stats }),
-      close: () => pool.close(),
+      close: async () => {
+        budget.close();
+        await pool.close();
+      },
     };
   } catch (err) {
+    budget.close();
     await pool.close();
     throw err;
   }

@@ -1,8 +1,9 @@
 // Manifests: what we accept (OCI index/manifest, Docker list/schema2), what we refuse (schema1,
 // unknown types, oversized documents) and platform selection. Everything here is pure.
-import { PivotError } from '../errors.ts';
+import { listSome, PivotError } from '../errors.ts';
 import { compressionOf } from '../unpack/decompress.ts';
 import type { LayerDescriptor } from './blobs.ts';
+import { MAX_LAYERS } from './bounds.ts';
 
 export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -10,7 +11,6 @@ export const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2
 export const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
 export const DOCKER_SCHEMA1 = 'application/vnd.docker.distribution.manifest.v1+json';
 export const DOCKER_SCHEMA1_SIGNED = 'application/vnd.docker.distribution.manifest.v1+prettyjws';
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 /** Schema1 types are listed so that a registry hands them over and we can refuse them by name. */
 export const MANIFEST_ACCEPT = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST, `${DOCKER_SCHEMA1_SIGNED};q=0.1`, `${DOCKER_SCHEMA1};q=0.1`].join(', ');
@@ -75,6 +75,9 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined, wh
   if (mediaType === OCI_MANIFEST || mediaType === DOCKER_MANIFEST) {
     const config = descriptor(doc.config, what, 'config');
     if (!Array.isArray(doc.layers)) throw bad(what, 'has no layers list');
+    if (doc.layers.length > MAX_LAYERS) {
+      throw bad(what, `lists ${doc.layers.length} layers, over the limit of ${MAX_LAYERS} (overlayfs stacks at most 500)`, 'rebuild the image with fewer layers (squash some)');
+    }
     const layers = doc.layers.map((l, i) => descriptor(l, what, `layers[${i}]`));
     layers.forEach((l, i) => {
       try {
@@ -125,11 +128,13 @@ export function selectPlatform(manifests: Descriptor[], wanted: Platform, what: 
   const exact = candidates.find((m) => variantOf(m.platform!) === wantedVariant);
   const chosen = exact ?? (explicit && wanted.variant ? undefined : candidates[0]);
   if (chosen) return chosen;
-  const available = manifests.filter((m) => m.platform && m.platform.architecture !== 'unknown').map((m) => platformString(m.platform));
-  throw new PivotError('registry', `${what} has no image for ${platformString(wanted)}; available: ${available.join(', ') || 'none'}`, {
+  const all = manifests.filter((m) => m.platform && m.platform.architecture !== 'unknown').map((m) => platformString(m.platform));
+  // An index can list thousands of platforms: the line an operator reads names a few.
+  const available = listSome([...new Set(all)]);
+  throw new PivotError('registry', `${what} has no image for ${platformString(wanted)}; available: ${available.text || 'none'}`, {
     field: 'platform',
-    fix: explicit ? `pass --platform with one of: ${available.join(', ')}` : 'pass --platform to pick one of the available platforms',
-    facts: { wanted: platformString(wanted), available, noPlatform: true },
+    fix: explicit ? `pass --platform with one of: ${available.text}` : 'pass --platform to pick one of the available platforms',
+    facts: { wanted: platformString(wanted), available: available.shown, availableCount: available.total, noPlatform: true },
     permanent: true,
   });
 }

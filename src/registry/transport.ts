@@ -110,27 +110,62 @@ export function networkStage(err: unknown): NetworkStage {
   return 'transfer';
 }
 
+/** facts.code of the pull deadline (bounds.ts PullBudget): never retried, yet not permanent. */
+export const DEADLINE_CODE = 'PULL_DEADLINE';
+
 /** HTTP statuses worth another attempt (with backoff, honouring Retry-After). */
 export const TRANSIENT_STATUS: ReadonlySet<number> = new Set([408, 429, 500, 502, 503, 504]);
 
-const RETRYABLE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED']);
+const RETRYABLE_CODES = new Set([
+  'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ECONNABORTED',
+  'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH',
+]);
+/**
+ * Answers that come out the same however often they are asked: a header value undici refuses
+ * (a CRLF in a token), an unsupported URL scheme, a header block over the limit, a response that
+ * is not HTTP. They are never retried.
+ */
+const PERMANENT_CODE = /^(UND_ERR_INVALID_ARG|UND_ERR_HEADERS_OVERFLOW|UND_ERR_RESPONSE_EXCEEDED_MAX_SIZE|UND_ERR_NOT_SUPPORTED|UND_ERR_INFO|ERR_INVALID_URL|HPE_)/;
+
+/** Pure: whether an error code names a permanent answer (see PERMANENT_CODE). */
+export function isPermanentCode(code: string): boolean {
+  return PERMANENT_CODE.test(code);
+}
+
+/** undici's HTTPParserError (a response that is not HTTP) often carries no code at all. */
+function isParserError(err: unknown): boolean {
+  let e = err as { name?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; e && depth < 4; depth++, e = e.cause as typeof e) if (e.name === 'HTTPParserError') return true;
+  return false;
+}
 
 /**
- * Whether a failed request or transfer is worth another attempt: a network PivotError, or an
- * undici or socket error (its code found anywhere along the cause chain).
+ * Whether a failed request or transfer is worth another attempt: a network PivotError not marked
+ * permanent, or an undici or socket error whose code (anywhere along the cause chain) is one of
+ * the transient ones. The one retry classification for manifests, tokens and blobs.
  */
 export function isRetryableError(err: unknown): boolean {
-  if (err instanceof PivotError) return err.kind === 'network';
+  if (err instanceof PivotError) return err.kind === 'network' && !err.permanent && err.facts.code !== DEADLINE_CODE;
   const own = (err as { code?: unknown } | undefined)?.code;
   const code = errCode(err) ?? (typeof own === 'string' ? own : '');
-  return code.startsWith('UND_ERR') || RETRYABLE_CODES.has(code);
+  return RETRYABLE_CODES.has(code);
+}
+
+/** What the timeout codes mean, with the config field that sets each. */
+function timeoutText(code: string, host: string, t: Timeouts | undefined): [string, string] | undefined {
+  if (!t) return undefined;
+  if (code === 'UND_ERR_BODY_TIMEOUT') return [`no data from ${host} for ${t.readSeconds} s (timeouts.readSeconds, ${code})`, 'timeouts.readSeconds'];
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return [`no response headers from ${host} within ${t.readSeconds} s (timeouts.readSeconds, ${code})`, 'timeouts.readSeconds'];
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return [`connect to ${host} timed out after ${t.connectSeconds} s (timeouts.connectSeconds, ${code})`, 'timeouts.connectSeconds'];
+  return undefined;
 }
 
 /** A PivotError naming the host and whether DNS, connect, TLS or the transfer failed. */
-export function networkError(err: unknown, host: string, what: string, overTls = false): PivotError {
+export function networkError(err: unknown, host: string, what: string, overTls = false, timeouts?: Timeouts): PivotError {
   if (err instanceof PivotError) return err;
   const stage = networkStage(err);
-  const code = errCode(err) ?? 'unknown';
+  const code = errCode(err) ?? (isParserError(err) ? 'HPE_INVALID_RESPONSE' : 'unknown');
   const detail = `${code}${err instanceof Error && err.message && !err.message.includes(code) ? `: ${err.message}` : ''}`;
   const text: Record<NetworkStage, [string, string]> = {
     dns: [`DNS lookup of ${host.replace(/:\d+$/, '')} failed (${detail})`, 'check the registry host name and the node\'s DNS servers'],
@@ -140,8 +175,19 @@ export function networkError(err: unknown, host: string, what: string, overTls =
       ? `check the network path; if the registry wants a client certificate, put NAME.cert and NAME.key in /etc/containers/certs.d/${host}/ or --cert-dir`
       : 'check the network path to the registry and retry'],
   };
-  const [msg, fix] = text[stage];
-  return new PivotError('network', `${msg} while fetching ${what}`, { fix, facts: { host, stage, code }, cause: err });
+  const timedOut = timeoutText(code, host, timeouts);
+  const permanent = isPermanentCode(code);
+  const [msg, fix] = timedOut
+    ? [timedOut[0], `check the network path to the registry, or raise ${timedOut[1]} in the config`]
+    : permanent
+      ? [`${host} sent an answer that cannot be used (${detail})`, `check the registry at ${host}: retrying would get the same answer`]
+      : text[stage];
+  return new PivotError('network', `${msg} while fetching ${what}`, {
+    fix,
+    facts: { host, stage, code, ...(timedOut ? { limit: timedOut[1] } : {}) },
+    cause: err,
+    ...(permanent ? { permanent: true } : {}),
+  });
 }
 
 // ---- retry maths (pure) --------------------------------------------------------------------
