@@ -37,10 +37,12 @@ async function writeInto(image: OpenedImage, dir: string, partial: string): Prom
   const blobDir = join(partial, 'blobs', 'sha256');
   await mkdir(blobDir, { recursive: true });
   // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.
-  const blobs = [image.configDescriptor, ...image.layers];
+  // A layer the manifest lists more than once is one file in blobs/, fetched once.
+  const layers = [...new Map(image.layers.map((l) => [l.digest, l])).values()];
+  const blobs = [image.configDescriptor, ...layers];
   // The config was already fetched and verified by openImage.
   await writeFile(cachePath(blobDir, image.configDescriptor.digest), image.configBytes);
-  await mapLimit(image.layers, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
+  await mapLimit(layers, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
   await writeFile(cachePath(blobDir, image.manifestDigest), image.manifestBytes);
   const tag = image.reference.tag ?? (image.reference.digest ? undefined : 'latest');
   const index = {
