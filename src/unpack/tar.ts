@@ -31,6 +31,12 @@ export interface TarEntry {
 
 /** Longer PAX headers than this are refused (tar-stream's own cap is 4 MiB). */
 export const MAX_PAX_HEADER = 1024 * 1024;
+/**
+ * Global PAX headers ('g') merge into every later entry, so what they may add up to is bounded:
+ * real archives carry one or two records (git archive's comment=COMMIT). Over these: exit 5.
+ */
+export const MAX_GLOBAL_PAX_KEYS = 256;
+export const MAX_GLOBAL_PAX_BYTES = 64 * 1024;
 const PAX_RAW = Symbol('paxRaw');
 const XATTR_PREFIX = 'SCHILY.xattr.';
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -111,6 +117,16 @@ function paxTime(records: Map<string, Buffer>, key: string, label: string): numb
   return Number(s);
 }
 
+function checkGlobal(global: Map<string, Buffer>, label: string): void {
+  let bytes = 0;
+  for (const [k, v] of global) bytes += Buffer.byteLength(k) + v.length;
+  if (global.size <= MAX_GLOBAL_PAX_KEYS && bytes <= MAX_GLOBAL_PAX_BYTES) return;
+  throw new PivotError('limit', `layer ${label}: global PAX headers add up to ${global.size} keys and ${bytes} bytes, over the limit of ${MAX_GLOBAL_PAX_KEYS} keys and ${MAX_GLOBAL_PAX_BYTES} bytes`, {
+    fix: 'the layer is malformed or hostile: rebuild the image',
+    facts: { layer: label, keys: global.size, bytes },
+  });
+}
+
 interface PatchableExtract {
   _header: { type: string | null; size: number };
   _pax: Record<string | symbol, unknown> | null;
@@ -142,6 +158,7 @@ export function createTarExtract(label: string): Extract {
     const records = parsePaxRecords(buf, label);
     if (type === 'pax-global-header') {
       global = new Map([...global, ...records]);
+      checkGlobal(global, label);
       return;
     }
     const merged = new Map([...global, ...records]);
