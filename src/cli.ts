@@ -115,13 +115,17 @@ export async function main(argv: string[]): Promise<number> {
 /** Prints the one-line cause and fix and returns the exit code. */
 export function reportFailure(err: unknown): number {
   const e = asPivotError(err);
-  if (e.kind === 'usage') {
-    process.stderr.write(`${PROG}: ${e.message} (hint: ${e.fix})\n`);
-  } else {
-    log().error({ err: e.toJSON(), exitCode: e.exitCode }, e.oneLine());
-  }
-  if (e.kind === 'internal' && e.cause instanceof Error && e.cause.stack) {
-    log().debug({ stack: e.cause.stack }, 'internal error stack');
+  try {
+    if (e.kind === 'usage') {
+      process.stderr.write(`${PROG}: ${e.message} (hint: ${e.fix})\n`);
+    } else {
+      log().error({ err: e.toJSON(), exitCode: e.exitCode }, e.oneLine());
+    }
+    if (e.kind === 'internal' && e.cause instanceof Error && e.cause.stack) {
+      log().debug({ stack: e.cause.stack }, 'internal error stack');
+    }
+  } catch {
+    // stderr gone (EPIPE) or broken: the exit code still says what happened.
   }
   return e.exitCode;
 }

@@ -81,10 +81,27 @@ class JournaldLines extends Writable {
   }
 }
 
-function writeAllSync(fd: number, text: string): void {
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Every byte, whatever the reader's pace: once anything touches process.stderr, Node makes a
+ * pipe on fd 2 non-blocking, and a full pipe answers EAGAIN. Waiting (synchronously, like a
+ * blocking write) keeps the line whole and the exit code independent of how stderr drains.
+ */
+export function writeAllSync(fd: number, text: string, write: typeof writeSync = writeSync): void {
   const buf = Buffer.from(text);
   let off = 0;
-  while (off < buf.length) off += writeSync(fd, buf, off);
+  let waitMs = 1;
+  while (off < buf.length) {
+    try {
+      off += write(fd, buf, off);
+      waitMs = 1;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      Atomics.wait(pause, 0, 0, waitMs);
+      waitMs = Math.min(waitMs * 2, 50);
+    }
+  }
 }
 
 export interface LoggerOptions {
