@@ -6,7 +6,7 @@ export const resolveCommand: Command = {
   name: 'resolve',
   summary: "print a release image component's pullspec from release-manifests/image-references",
   usage: 'resolve RELEASE_IMAGE [--component NAME] [--authfile F] [--registries-conf F] [--cert-dir D] [--platform P] [--json]',
-  help: 'Reads only as many layers as it takes to find the file; never runs a container.',
+  help: 'Reads layers from the top down until one holds the file, that layer whole and through its digest check (a mismatch is exit 4); never runs a container.',
   options: {
     component: { type: 'string' },
     ...registryOptions,

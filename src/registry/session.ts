@@ -81,7 +81,7 @@ export class RegistrySession {
     return lookupCredentials(this.ctx.authFiles, this.registry, repository);
   }
 
-  private authError(repository: string, status: number, detail: string, permanent = false): PivotError {
+  private authError(repository: string, status: number, detail: string): PivotError {
     const creds = this.credentials(repository);
     const source = creds
       ? `credentials from ${creds.file} (key ${JSON.stringify(creds.key)})`
@@ -91,7 +91,7 @@ export class RegistrySession {
         ? `correct the ${JSON.stringify(creds.key)} entry in ${creds.file} (e.g. podman login --authfile ${creds.file} ${this.registry})`
         : `add credentials for ${this.registry} to an auth file and pass it with --authfile`,
       facts: { registry: this.registry, repository, status, authfile: creds?.file ?? null },
-      permanent,
+      permanent: false,
     });
   }
 
@@ -108,7 +108,11 @@ export class RegistrySession {
         throw this.authError(repository, 401, 'the Bearer challenge has no realm');
       }
       if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-        throw this.authError(repository, 401, `the Bearer realm ${JSON.stringify(url.protocol)} is not an http(s) URL`, true);
+        throw new PivotError('auth', `registry ${this.registry} names a token realm that is not an http(s) URL (${JSON.stringify(url.protocol)})`, {
+          fix: `check the auth configuration of ${this.registry}`,
+          facts: { registry: this.registry },
+          permanent: true,
+        });
       }
       if (creds && url.protocol === 'http:' && this.scheme === 'https') {
         throw new PivotError('auth', `registry ${this.registry} is HTTPS but names the plain-HTTP token realm ${url.host}; the credentials from ${creds.file} are not sent over plain HTTP`, {
@@ -140,7 +144,11 @@ export class RegistrySession {
       const token = tokenFromResponse(doc);
       if (!token) throw this.authError(repository, 401, `token server ${url.origin}${url.pathname} returned no token`);
       if (!TOKEN_VALUE.test(token.header)) {
-        throw this.authError(repository, 401, `token server ${url.origin}${url.pathname} returned a token with characters an HTTP header cannot carry`, true);
+        throw new PivotError('auth', `token server ${url.host} returned a token for ${repository} with characters an HTTP header cannot carry`, {
+          fix: `check the token server at ${url.host} (the realm registry ${this.registry} names): asking again gets the same token`,
+          facts: { registry: this.registry, realm: url.host, repository },
+          permanent: true,
+        });
       }
       this.tokens.set(repository, token);
       return;
