@@ -29,7 +29,8 @@ export class PullBudget {
   constructor(seconds: number, now = Date.now()) {
     this.seconds = seconds;
     this.deadline = now + seconds * 1000;
-    this.timer = setTimeout(() => this.controller.abort(), seconds * 1000);
+    // setTimeout fires at once for delays past 2^31-1 ms (~24.8 days): longer budgets are capped there.
+    this.timer = setTimeout(() => this.controller.abort(), Math.min(seconds * 1000, 2 ** 31 - 1));
     // The budget must not keep a finished process alive.
     this.timer.unref();
   }

@@ -113,6 +113,13 @@ describe('PullBudget', () => {
     expect(e.message).toContain('5 s (timeouts.pullSeconds)');
     b.close();
   });
+  it('a budget longer than setTimeout can count (~24.8 days) does not fire at once', async () => {
+    const b = new PullBudget(30 * 24 * 3600);
+    // Node runs an overflowed timer after 1 ms: a 5 ms timer set later fires after it.
+    await new Promise((r) => setTimeout(r, 5));
+    expect(b.signal.aborted).toBe(false);
+    b.close();
+  });
 });
 
 describe('layer cap', () => {
