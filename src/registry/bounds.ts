@@ -20,6 +20,11 @@ export const MAX_LAYERS = 500;
 export const MIN_BYTES_PER_SECOND = 1024;
 
 /** The whole pull's deadline; its signal aborts whatever request or body is in flight. */
+/** setTimeout fires at once for delays past 2^31-1 ms (~24.8 days): longer budgets are capped there. */
+export function budgetTimerDelayMs(seconds: number): number {
+  return Math.min(seconds * 1000, 2 ** 31 - 1);
+}
+
 export class PullBudget {
   readonly seconds: number;
   readonly deadline: number;
@@ -29,8 +34,7 @@ export class PullBudget {
   constructor(seconds: number, now = Date.now()) {
     this.seconds = seconds;
     this.deadline = now + seconds * 1000;
-    // setTimeout fires at once for delays past 2^31-1 ms (~24.8 days): longer budgets are capped there.
-    this.timer = setTimeout(() => this.controller.abort(), Math.min(seconds * 1000, 2 ** 31 - 1));
+    this.timer = setTimeout(() => this.controller.abort(), budgetTimerDelayMs(seconds));
     // The budget must not keep a finished process alive.
     this.timer.unref();
   }
