@@ -2,16 +2,19 @@
 // entry (whiteout, opaque whiteout, or something to write), enforce the limits, count.
 // Backpressure runs end to end: the layer stream, the inflater and the tar parser form one
 // pipeline, and the parser only moves on once the entry loop has consumed the current entry.
-import { lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { lstatSync, mkdirSync, rmSync, unlinkSync } from 'node:fs';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Config } from '../config.ts';
 import { PivotError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
+import {
+  RUNTIME_INJECTED, XattrLinks, bootcLinkTarget, bootcPath, checkXattrsSize, repoObjectOf, type BootcImage, type RepoObject,
+} from './bootc.ts';
 import { corruptLayerError, decompressionStages } from './decompress.ts';
 import { DirectTarget, type LayerTarget } from './entry.ts';
-import { cleanComponents } from './safepath.ts';
+import { cleanComponents, hostPath, joinRel } from './safepath.ts';
 import { createTarExtract, toTarEntry, type TarEntry } from './tar.ts';
 
 /** A layer blob: the registry client's verified streams fit this, and so do local files. */
@@ -38,6 +41,8 @@ export interface UnpackOptions {
   onProgress?(p: UnpackProgress): void;
   /** Replaces the direct writer (delta mode, tests). */
   target?: LayerTarget;
+  /** A bootable (bootc / ostree-native) image: unpack it as bootc's importer does (bootc.ts). */
+  bootc?: BootcImage;
 }
 
 export interface UnpackSummary {
@@ -49,6 +54,12 @@ export interface UnpackSummary {
   hardlinks: number;
   whiteouts: number;
   devicesSkipped: number;
+  /** bootc images: entries of derived layers dropped, by top-level name (as bootc filters them). */
+  filtered: Record<string, number>;
+  /** bootc images: content objects whose xattrs came from a .file-xattrs-link. */
+  xattrLinks: number;
+  /** bootc images: empty usr/etc/hostname and usr/etc/resolv.conf left by container builds, removed. */
+  runtimeInjectedRemoved: string[];
   /** Bytes of regular-file content written. */
   expandedBytes: number;
   compressedBytes: number;
@@ -123,8 +134,10 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
   const target = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
   const s: UnpackSummary = {
     layers: layers.length, entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, whiteouts: 0,
-    devicesSkipped: 0, expandedBytes: 0, compressedBytes: 0, seconds: 0,
+    devicesSkipped: 0, filtered: {}, xattrLinks: 0, runtimeInjectedRemoved: [], expandedBytes: 0, compressedBytes: 0, seconds: 0,
   };
+  const { bootc } = opts;
+  const links = new XattrLinks();
   const { limits } = opts;
 
   for (const [i, layer] of layers.entries()) {
@@ -134,6 +147,8 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
     let layerIn = 0;
     let layerOut = 0;
     let skippedHere = 0;
+    const filteredHere: Record<string, number> = {};
+    const derived = bootc !== undefined && i >= bootc.firstDerivedLayer;
     const progress = (): void => opts.onProgress?.({ layer: i + 1, layers: layers.length, bytesIn: s.compressedBytes, entries: s.entries });
     const source = await layer.open();
     const extract = createTarExtract(label);
@@ -154,9 +169,19 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
           throw limitError(`layer ${label} has a ${Buffer.byteLength(p)}-byte path, over ${limits.maxPathLength}`, 'maxPathLength', { layer: label, path: p.slice(0, 200) });
         }
       }
-      const comps = cleanComponents(entry.name);
+      let comps = cleanComponents(entry.name);
+      if (bootc) {
+        const where = bootcPath(comps, derived);
+        if ('drop' in where) {
+          filteredHere[where.drop] = (filteredHere[where.drop] ?? 0) + 1;
+          await drain(body);
+          return;
+        }
+        comps = where.keep;
+      }
       const base = comps.at(-1) ?? '';
       if (base.startsWith(WHITEOUT)) {
+        links.expectNone();
         s.whiteouts++;
         if (base === OPAQUE) target.opaque(comps.slice(0, -1), entry.name);
         // Other .wh..wh.* names are aufs bookkeeping (hardlink dirs); OCI reserves them.
@@ -167,7 +192,16 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
       if (entry.type === 'file' && s.expandedBytes + entry.size > limits.maxExpandedBytes) {
         throw limitError(`image expands beyond ${limits.maxExpandedBytes} bytes at ${JSON.stringify(entry.name)}`, 'maxExpandedBytes', { layer: label });
       }
-      const outcome = await target.writeEntry(entry, comps, body);
+      let written = entry;
+      let content: AsyncIterable<Buffer> = body;
+      if (bootc) {
+        const obj = derived ? undefined : repoObjectOf(comps);
+        // First settle a pending link (this entry must be its .file), then register a new one.
+        written = { ...entry, xattrs: links.forEntry(obj, entry.xattrs) };
+        if (obj && obj.ext !== 'file') content = await xattrObject(obj, entry, comps, body);
+        if (entry.type === 'hardlink' && entry.linkname) written.linkname = joinRel(bootcLinkTarget(cleanComponents(entry.linkname, 'hardlink target')));
+      }
+      const outcome = await target.writeEntry(written, comps, content);
       await drain(body);
       if (outcome === 'file') {
         s.files++;
@@ -192,6 +226,24 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
         }
         if (s.entries % PROGRESS_EVERY === 0) progress();
       }
+      links.expectNone();
+    };
+
+    /** Reads a small xattr object whole (it is parsed and written), registering it. */
+    const xattrObject = async (obj: RepoObject, entry: TarEntry, comps: string[], body: AsyncIterable<Buffer>): Promise<AsyncIterable<Buffer>> => {
+      const rel = joinRel(comps);
+      if (entry.type === 'hardlink') {
+        if (obj.ext === 'file-xattrs-link') links.link(obj, entry.name, { target: joinRel(cleanComponents(entry.linkname, 'hardlink target')) });
+        return body;
+      }
+      if (entry.type !== 'file') return body;
+      checkXattrsSize(entry.size, entry.name);
+      const chunks: Buffer[] = [];
+      for await (const c of body) chunks.push(c);
+      const variant = Buffer.concat(chunks);
+      if (obj.ext === 'file-xattrs') links.sharedObject(rel, variant);
+      else links.link(obj, entry.name, { variant });
+      return (async function* () { if (variant.length) yield variant; })();
     };
     const piped = pipeline(source, countIn, ...decompressionStages(layer.mediaType, label), countOut, extract);
     const looped = entries().catch((err: unknown) => {
@@ -207,6 +259,10 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
       const loopMapped = loopErr === undefined ? undefined : tarError(loopErr, label);
       throw [loopMapped, pipeErr].find((e) => e instanceof PivotError) ?? loopMapped ?? pipeErr;
     }
+    if (Object.keys(filteredHere).length > 0) {
+      for (const [top, n] of Object.entries(filteredHere)) s.filtered[top] = (s.filtered[top] ?? 0) + n;
+      log().info({ layer: label, filtered: filteredHere }, 'derived layer: dropped entries outside /usr, /etc and /var, as bootc does');
+    }
     if (skippedHere > 0) {
       log().warn({ layer: label, devicesSkipped: skippedHere }, 'skipped device nodes (allowDevices is off or not running as root)');
     }
@@ -214,10 +270,27 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
   }
 
   target.finish();
+  s.xattrLinks = links.objects;
+  if (bootc && bootc.firstDerivedLayer < layers.length) s.runtimeInjectedRemoved = removeRuntimeInjected(dest);
   if (!opts.keepSysroot) dropOstreeRepo(dest);
   failpoint('unpack.finish');
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
   return s;
+}
+
+/** bootc's cleanup after derived layers: container builds leave these empty files behind. */
+function removeRuntimeInjected(dest: string): string[] {
+  const removed: string[] = [];
+  for (const rel of RUNTIME_INJECTED) {
+    const path = hostPath(dest, rel);
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st?.isFile() && st.size === 0) {
+      unlinkSync(path);
+      removed.push(rel);
+    }
+  }
+  if (removed.length) log().info({ removed }, 'removed empty files a container build left in /etc (not taken as new defaults)');
+  return removed;
 }
 
 /**

@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { PivotError } from '../errors.ts';
 import { log } from '../log.ts';
 import { mapLimit, openImage, type BlobStats, type OpenedImage, type RegistryOptions } from '../registry/index.ts';
+import { bootcImageOf, type BootcImage } from './bootc.ts';
 import { unpackLayers, type LayerSource, type UnpackOptions, type UnpackSummary } from './layers.ts';
 
 export interface PullToDestSummary extends UnpackSummary {
@@ -16,6 +17,8 @@ export interface PullToDestSummary extends UnpackSummary {
   dest: string;
   /** Bytes fetched, resumed and served from the blob cache. */
   transfer: BlobStats;
+  /** Set for a bootable (bootc / ostree-native) image, unpacked with bootc's rules. */
+  bootc?: BootcImage;
 }
 
 export async function pullToDest(ref: string, dest: string, registry: RegistryOptions, unpack: UnpackOptions): Promise<PullToDestSummary> {
@@ -59,8 +62,13 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
       inFlight.push(v);
       return { ...l, open: v.open };
     });
-    log().info({ image: image.reference.toString(), manifestDigest: image.manifestDigest, layers: layers.length, dest: dir }, 'unpacking image');
-    const summary = await unpackLayers(partial, layers, unpack);
+    // The config labels say whether this is a bootable image, and where its ostree layers end.
+    const bootc = unpack.bootc ?? bootcImageOf(image.configBytes, image.layers.length);
+    log().info({
+      image: image.reference.toString(), manifestDigest: image.manifestDigest, layers: layers.length, dest: dir,
+      ...(bootc ? { ostreeCommit: bootc.ostreeCommit, version: bootc.version, derivedLayers: bootc.layerCount - bootc.firstDerivedLayer } : {}),
+    }, 'unpacking image');
+    const summary = await unpackLayers(partial, layers, { ...unpack, ...(bootc ? { bootc } : {}) });
     renameSync(partial, dir);
     return {
       ...summary,
@@ -69,6 +77,7 @@ export async function pullToDest(ref: string, dest: string, registry: RegistryOp
       source: image.source,
       dest: dir,
       transfer: image.stats(),
+      ...(bootc ? { bootc } : {}),
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
@@ -172,5 +181,8 @@ function keepVerifiable(open: () => Promise<Readable>): Verifiable {
 export function formatPullSummary(s: PullToDestSummary): string {
   return `pulled ${s.image}@${s.manifestDigest} into ${s.dest}: ${s.layers} layers, ${s.compressedBytes} compressed bytes, `
     + `${s.expandedBytes} expanded bytes, ${s.files} files, ${s.dirs} dirs, ${s.symlinks} symlinks, ${s.hardlinks} hardlinks, `
-    + `${s.whiteouts} whiteouts${s.devicesSkipped ? `, ${s.devicesSkipped} devices skipped` : ''}, ${s.seconds.toFixed(2)} s\n`;
+    + `${s.whiteouts} whiteouts${s.devicesSkipped ? `, ${s.devicesSkipped} devices skipped` : ''}`
+    + `${s.bootc ? `, bootc image${s.bootc.ostreeCommit ? ` (ostree commit ${s.bootc.ostreeCommit})` : ''}` : ''}`
+    + `${Object.keys(s.filtered).length ? `, dropped outside /usr /etc /var: ${Object.entries(s.filtered).map(([k, n]) => `${k} ${n}`).join(', ')}` : ''}`
+    + `, ${s.seconds.toFixed(2)} s\n`;
 }

@@ -220,28 +220,31 @@ export interface OstreeImage extends BuiltImage {
   labels: Record<string, string>;
 }
 
-/** An OCI layout of the commit's layers plus `derived` tars on top (podman-build style). */
-export async function buildOstreeImage(layoutDir: string, c: OstreeCommit, opts: ExportOptions & { derived?: Buffer[]; version?: string; tag?: string }): Promise<OstreeImage> {
-  const tars = [...exportOstreeLayers(c, opts), ...(opts.derived ?? [])];
+/** The image config ostree-ext writes: bootc labels, final-diffid = the last ostree layer. */
+export function ostreeImageConfig(c: OstreeCommit, tars: Buffer[], finalOstreeLayer: number, version = '9.6.20260101-0'): { labels: Record<string, string>; diffIds: string[]; config: object } {
   const diffIds = tars.map((t) => sha256(t));
-  const finalOstreeLayer = opts.chunks;
   const labels = {
     'ostree.commit': c.commit,
     'ostree.final-diffid': diffIds[finalOstreeLayer]!,
     'ostree.bootable': 'true',
     'containers.bootc': '1',
-    version: opts.version ?? '9.6.20260101-0',
+    version,
   };
+  const config = {
+    architecture: 'amd64', os: 'linux', created: '2026-01-01T00:00:00Z',
+    config: { Labels: labels, Env: ['container=oci'], Cmd: ['/sbin/init'] },
+    rootfs: { type: 'layers', diff_ids: diffIds },
+  };
+  return { labels, diffIds, config };
+}
+
+/** An OCI layout of the commit's layers plus `derived` tars on top (podman-build style). */
+export async function buildOstreeImage(layoutDir: string, c: OstreeCommit, opts: ExportOptions & { derived?: Buffer[]; version?: string; tag?: string }): Promise<OstreeImage> {
+  const tars = [...exportOstreeLayers(c, opts), ...(opts.derived ?? [])];
+  const finalOstreeLayer = opts.chunks;
+  const { labels, diffIds, config } = ostreeImageConfig(c, tars, finalOstreeLayer, opts.version);
   mkdirSync(layoutDir, { recursive: true });
-  const layers = await Promise.all(tars.map(async (t) => ({ data: await gzip(t, 1), mediaType: OCI_LAYER_GZIP, diffId: sha256(t) })));
-  const img = await buildOciLayout(layoutDir, {
-    tag: opts.tag ?? 'latest',
-    layers,
-    config: {
-      architecture: 'amd64', os: 'linux', created: '2026-01-01T00:00:00Z',
-      config: { Labels: labels, Env: ['container=oci'], Cmd: ['/sbin/init'] },
-      rootfs: { type: 'layers', diff_ids: diffIds },
-    },
-  });
+  const layers = await Promise.all(tars.map(async (t, i) => ({ data: await gzip(t, 1), mediaType: OCI_LAYER_GZIP, diffId: diffIds[i]! })));
+  const img = await buildOciLayout(layoutDir, { tag: opts.tag ?? 'latest', layers, config });
   return { ...img, commit: c, tars, diffIds, finalOstreeLayer, labels };
 }

@@ -92,7 +92,7 @@ export async function fsck(repo: string): Promise<{ ok: boolean; output: string 
 }
 
 export async function checkout(repo: string, commit: string, dest: string): Promise<void> {
-  await execa('ostree', ['checkout', `--repo=${repo}`, '--force-copy', commit, dest]);
+  await execa('ostree', ['checkout', `--repo=${repo}`, commit, dest]);
 }
 
 /**
