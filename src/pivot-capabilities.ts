@@ -9,7 +9,7 @@ import { log } from './log.ts';
 import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } from './pivot.ts';
 import type { Progress } from './progress.ts';
 import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
-import { pullToDest } from './unpack/index.ts';
+import { pullToDest, type PullToDestSummary } from './unpack/index.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { readMountinfo } from './mountinfo.ts';
@@ -23,6 +23,16 @@ export interface HostPaths {
   etc: string;
   /** A read-only bind of the booted /usr, made before the switch: the stable base of /etc merges. */
   bootedUsr: string;
+}
+
+/** A bootc image's identity and what bootc's rules changed, for the pull phase's facts. */
+function bootcFacts(s: PullToDestSummary): Record<string, unknown> {
+  return {
+    ...(s.bootc?.ostreeCommit ? { ostreeCommit: s.bootc.ostreeCommit } : {}),
+    ...(s.bootc?.version ? { imageVersion: s.bootc.version } : {}),
+    derivedLayers: (s.bootc?.layerCount ?? 0) - (s.bootc?.firstDerivedLayer ?? 0),
+    ...(Object.keys(s.filtered).length ? { filtered: s.filtered } : {}),
+  };
 }
 
 export function hostPaths(cfg: Config): HostPaths {
@@ -148,7 +158,11 @@ export function realCapabilities(): PivotCapabilities {
       rmSync(join(cfg.stagingDir, 'blobs'), { recursive: true, force: true });
       return {
         root, reused: false,
-        facts: { layers: summary.layers, entries: summary.entries, compressedBytes: summary.compressedBytes, expandedBytes: summary.expandedBytes, seconds: summary.seconds },
+        facts: {
+          layers: summary.layers, entries: summary.entries, compressedBytes: summary.compressedBytes, expandedBytes: summary.expandedBytes, seconds: summary.seconds,
+          // `status` shows which ostree commit and image version the node now runs.
+          ...(summary.bootc ? bootcFacts(summary) : {}),
+        },
       };
     },
 

@@ -39,6 +39,16 @@ describe('status for humans', () => {
     ]);
   });
 
+  it('shows the ostree commit and image version a bootc image was staged with', () => {
+    const done: PivotState = {
+      ...failed, result: 'done', attempt: 1, error: undefined,
+      phases: [{ name: 'pull', startedAt: '', result: 'done', seconds: 3, facts: { ostreeCommit: 'c'.repeat(64), imageVersion: '9.6.20260101-0', derivedLayers: 1 } }],
+    };
+    const lines = formatStatus({ state: done, systemd: { error: 'no bus' } }).split('\n');
+    expect(lines[2]).toBe(`os: version 9.6.20260101-0, ostree commit ${'c'.repeat(64)}`);
+    expect(formatStatus({ state: failed, systemd: { error: 'no bus' } })).not.toMatch(/^os: /m);
+  });
+
   it('says when nothing ran and when systemd cannot be reached', () => {
     expect(formatStatus({ state: null, systemd: { error: 'systemd: no bus' } })).toBe(
       'pivot: not run this boot (no state file)\nsystemd: unavailable: systemd: no bus');

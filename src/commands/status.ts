@@ -30,6 +30,15 @@ export async function collectStatus(stateDir: string, busAddress?: string): Prom
   return { state, systemd, ...(units ? { units } : {}) };
 }
 
+/** From the pull phase of a bootc image: the ostree commit and image version now staged. */
+function osIdentity(s: PivotState): string | undefined {
+  const facts = s.phases.find((p) => p.name === 'pull')?.facts ?? {};
+  const commit = typeof facts.ostreeCommit === 'string' ? facts.ostreeCommit : undefined;
+  const version = typeof facts.imageVersion === 'string' ? facts.imageVersion : undefined;
+  if (!commit && !version) return undefined;
+  return `os: ${[version ? `version ${version}` : '', commit ? `ostree commit ${commit}` : ''].filter(Boolean).join(', ')}`;
+}
+
 export function formatStatus(r: StatusReport): string {
   const lines: string[] = [];
   const s = r.state;
@@ -39,6 +48,8 @@ export function formatStatus(r: StatusReport): string {
     const img = s.image ? `${s.image.reference}${s.image.digest && !s.image.reference.endsWith(s.image.digest) ? ` @ ${s.image.digest}` : ''}${s.image.releaseImage ? ` (from ${s.image.releaseImage})` : ''}` : '(not resolved yet)';
     lines.push(`pivot: ${s.result}${s.current ? ` (in phase ${s.current})` : ''}, mode ${s.mode}, pid ${s.pid}${s.attempt && s.attempt > 1 ? `, attempt ${s.attempt} this boot` : ''}`);
     lines.push(`image: ${img}`);
+    const os = osIdentity(s);
+    if (os) lines.push(os);
     if (s.skipReason) lines.push(`skipped: ${s.skipReason}`);
     lines.push(`started: ${s.startedAt}, updated: ${s.updatedAt}`);
     for (const p of s.phases) {
