@@ -248,3 +248,38 @@ export async function buildOstreeImage(layoutDir: string, c: OstreeCommit, opts:
   const img = await buildOciLayout(layoutDir, { tag: opts.tag ?? 'latest', layers, config });
   return { ...img, commit: c, tars, diffIds, finalOstreeLayer, labels };
 }
+
+/**
+ * A chunkah-style bootable image (FCOS next): `layers` plain content-based layers, each with its
+ * parent directories and a few files; xattrs only in PAX, no ostree objects, no security.selinux;
+ * labels containers.bootc=1 and ostree.bootable, no ostree.commit.
+ */
+export async function buildChunkahImage(layoutDir: string, opts: { layers: number; filesPerLayer?: number; tag?: string }): Promise<BuiltImage & { tars: Buffer[] }> {
+  const per = opts.filesPerLayer ?? 4;
+  const tars: Buffer[] = [];
+  for (let i = 0; i < opts.layers; i++) {
+    const t = new TarBuilder();
+    const pkg = `usr/lib/pkg${String(i).padStart(3, '0')}`;
+    t.dir('usr', { mtime: 0 }).dir('usr/lib', { mtime: 0 }).dir(pkg, { mtime: 0 });
+    for (let f = 0; f < per; f++) {
+      const xattrs: Record<string, Buffer> = f === 0 ? { 'user.component': Buffer.from(`pkg${i}`) } : {};
+      if (f === 1 && i % 50 === 0) xattrs['security.capability'] = Buffer.from('0100000200200000000000000000000000000000', 'hex');
+      t.file(`${pkg}/f${f}`, `layer ${i} file ${f}\n`.repeat(1 + f * 8), { mtime: 0, mode: f === 1 ? 0o755 : 0o644, xattrs });
+    }
+    if (i === 0) t.dir('etc', { mtime: 0 }).file('etc/os-release', 'ID=fedora\nVARIANT_ID=coreos\n', { mtime: 0 });
+    tars.push(t.end());
+  }
+  const diffIds = tars.map((t) => sha256(t));
+  const layers = await Promise.all(tars.map(async (t, i) => ({ data: await gzip(t, 1), mediaType: OCI_LAYER_GZIP, diffId: diffIds[i]! })));
+  mkdirSync(layoutDir, { recursive: true });
+  const img = await buildOciLayout(layoutDir, {
+    tag: opts.tag ?? 'latest',
+    layers,
+    config: {
+      architecture: 'amd64', os: 'linux', created: '2026-08-01T00:00:00Z',
+      config: { Labels: { 'containers.bootc': '1', 'ostree.bootable': 'true', version: '44.20260801.20.0' } },
+      rootfs: { type: 'layers', diff_ids: diffIds },
+    },
+  });
+  return { ...img, tars };
+}
