@@ -254,7 +254,7 @@ export async function buildOstreeImage(layoutDir: string, c: OstreeCommit, opts:
  * parent directories and a few files; xattrs only in PAX, no ostree objects, no security.selinux;
  * labels containers.bootc=1 and ostree.bootable, no ostree.commit.
  */
-export async function buildChunkahImage(layoutDir: string, opts: { layers: number; filesPerLayer?: number; tag?: string }): Promise<BuiltImage & { tars: Buffer[] }> {
+export async function buildChunkahImage(layoutDir: string, opts: { layers: number; filesPerLayer?: number; tag?: string; oneLayer?: boolean }): Promise<BuiltImage & { tars: Buffer[] }> {
   const per = opts.filesPerLayer ?? 4;
   const tars: Buffer[] = [];
   for (let i = 0; i < opts.layers; i++) {
@@ -269,6 +269,8 @@ export async function buildChunkahImage(layoutDir: string, opts: { layers: numbe
     if (i === 0) t.dir('etc', { mtime: 0 }).file('etc/os-release', 'ID=fedora\nVARIANT_ID=coreos\n', { mtime: 0 });
     tars.push(t.end());
   }
+  // oneLayer: the same entries in a single layer (the baseline for a per-layer cost).
+  if (opts.oneLayer) tars.splice(0, tars.length, Buffer.concat([...tars.map((t) => t.subarray(0, t.length - 1024)), Buffer.alloc(1024)]));
   const diffIds = tars.map((t) => sha256(t));
   const layers = await Promise.all(tars.map(async (t, i) => ({ data: await gzip(t, 1), mediaType: OCI_LAYER_GZIP, diffId: diffIds[i]! })));
   mkdirSync(layoutDir, { recursive: true });
