@@ -21,7 +21,7 @@ export const pullCommand: Command = {
   name: 'pull',
   summary: 'pull an image from its registry and unpack it into a directory (or an OCI layout)',
   usage: 'pull IMAGE (--dest DIR | --oci-layout DIR) [--authfile F] [--registries-conf F] [--cert-dir D] [--platform OS/ARCH[/VARIANT]] [--json]',
-  help: 'DIR is written as DIR.partial and renamed to DIR only when complete.',
+  help: 'DIR is written as DIR.partial and renamed to DIR only when complete. A bootable image (label ostree.commit or containers.bootc=1) unpacks as bootc imports it: etc/ at usr/etc/, derived var/ at usr/share/factory/var/, other top-level paths of derived layers dropped and counted (docs/unpack.md).',
   options: {
     dest: { type: 'string' },
     'oci-layout': { type: 'string' },
