@@ -90,6 +90,11 @@ export const RUNTIME_INJECTED = ['usr/etc/hostname', 'usr/etc/resolv.conf'];
 
 /** ostree-ext's cap on one xattr object. */
 export const MAX_XATTRS_OBJECT = 1024 * 1024;
+/**
+ * Shared .file-xattrs objects are kept in memory for the links after them. An OS image has a few
+ * hundred distinct xattr sets of tens of bytes each; this bounds what a hostile image can pin.
+ */
+export const MAX_SHARED_XATTRS_BYTES = 64 * 1024 * 1024;
 const OBJECT = /^([0-9a-f]{62})\.(file|file-xattrs|file-xattrs-link)$/;
 
 export interface RepoObject { csum: string; ext: 'file' | 'file-xattrs' | 'file-xattrs-link' }
@@ -132,9 +137,14 @@ export function parseXattrsObject(variant: Buffer, path: string): Map<string, Bu
 export class XattrLinks {
   private readonly shared = new Map<string, Map<string, Buffer>>();
   private pending: { csum: string; path: string; xattrs: Map<string, Buffer> } | undefined;
+  private sharedBytes = 0;
   objects = 0;
 
   sharedObject(rel: string, variant: Buffer): void {
+    this.sharedBytes += variant.length;
+    if (this.sharedBytes > MAX_SHARED_XATTRS_BYTES) {
+      throw objectError(`the image's shared xattr objects exceed ${MAX_SHARED_XATTRS_BYTES} bytes at ${JSON.stringify(rel)}`, rel);
+    }
     this.shared.set(rel, parseXattrsObject(variant, rel));
   }
 

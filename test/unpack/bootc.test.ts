@@ -2,7 +2,7 @@
 // bad case is a typed error naming the path, exit 4 or 5, with nothing outside the destination.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PivotError } from '../../src/errors.ts';
-import { bootcImageOf, bootcPath, MAX_XATTRS_OBJECT, repoObjectOf, type BootcImage } from '../../src/unpack/bootc.ts';
+import { bootcImageOf, bootcPath, MAX_SHARED_XATTRS_BYTES, MAX_XATTRS_OBJECT, repoObjectOf, XattrLinks, type BootcImage } from '../../src/unpack/bootc.ts';
 import { offsetWidth, parseXattrList, GVariantError } from '../../src/unpack/gvariant.ts';
 import { unpackLayers } from '../../src/unpack/index.ts';
 import { encodeXattrList, objectPath } from '../helpers/ostree-image.ts';
@@ -125,6 +125,15 @@ describe('bad ostree-native input', () => {
   it('a pre-2025 link to a .file-xattrs that is not in the image', async () => {
     const t = new TarBuilder().hardlink(link, objectPath('ee'.repeat(32), 'file-xattrs')).file(file, 'x').end();
     await fails(t, link);
+  });
+  it('shared xattr objects beyond the memory cap', () => {
+    const links = new XattrLinks();
+    const big = encodeXattrList(new Map([['user.x', Buffer.alloc(MAX_XATTRS_OBJECT - 64)]]));
+    const n = Math.ceil(MAX_SHARED_XATTRS_BYTES / big.length);
+    for (let i = 0; i < n - 1; i++) links.sharedObject(`x/${i}`, big);
+    const err = thrown(() => links.sharedObject('x/last', big));
+    expect(err.kind).toBe('unpack');
+    expect(err.path).toBe('x/last');
   });
   it('a malformed GVariant in an xattr object', async () => {
     const t = new TarBuilder().file(link, Buffer.from([0x05])).file(file, 'x').end();
