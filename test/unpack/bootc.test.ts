@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PivotError } from '../../src/errors.ts';
 import { bootcImageOf, bootcPath, MAX_SHARED_XATTRS_BYTES, MAX_XATTRS_OBJECT, repoObjectOf, XattrLinks, type BootcImage } from '../../src/unpack/bootc.ts';
 import { offsetWidth, parseXattrList, GVariantError } from '../../src/unpack/gvariant.ts';
-import { unpackLayers } from '../../src/unpack/index.ts';
+import { formatPullSummary, unpackLayers, type PullToDestSummary } from '../../src/unpack/index.ts';
 import { encodeXattrList, objectPath } from '../helpers/ostree-image.ts';
 import { TarBuilder } from '../helpers/tar-builder.ts';
 import { thrown } from '../helpers/thrown.ts';
@@ -58,6 +58,17 @@ describe('bootc image labels', () => {
     expect(err.kind).toBe('verification');
     expect(err.exitCode).toBe(4);
     expect(err.field).toContain('ostree.final-diffid');
+  });
+});
+
+describe('pull summary line', () => {
+  it('names the ostree commit and what the derived layers dropped', () => {
+    const s = {
+      image: 'r/node:1', manifestDigest: 'sha256:m', source: 'r/node', dest: '/d', layers: 3, entries: 9, files: 4, dirs: 2, symlinks: 0, hardlinks: 1,
+      whiteouts: 0, devicesSkipped: 0, filtered: { opt: 3, root: 1 }, xattrLinks: 2, runtimeInjectedRemoved: [], expandedBytes: 10, compressedBytes: 5, seconds: 1,
+      transfer: {} as PullToDestSummary['transfer'], bootc: { ostreeCommit: 'c0ffee', bootable: true, firstDerivedLayer: 2, layerCount: 3 },
+    } satisfies PullToDestSummary;
+    expect(formatPullSummary(s)).toMatch(/, bootc image \(ostree commit c0ffee\), dropped outside \/usr \/etc \/var: opt 3, root 1, 1\.00 s\n$/);
   });
 });
 
