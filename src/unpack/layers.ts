@@ -13,6 +13,7 @@ import {
   RUNTIME_INJECTED, XattrLinks, bootcLinkTarget, bootcPath, checkXattrsSize, repoObjectOf, type BootcImage, type RepoObject,
 } from './bootc.ts';
 import { corruptLayerError, decompressionStages } from './decompress.ts';
+import { declareFactoryVar, FACTORY_VAR_TMPFILES } from './factory-var.ts';
 import { DirectTarget, type LayerTarget } from './entry.ts';
 import { cleanComponents, hostPath, joinRel } from './safepath.ts';
 import { createTarExtract, toTarEntry, type TarEntry } from './tar.ts';
@@ -60,6 +61,8 @@ export interface UnpackSummary {
   xattrLinks: number;
   /** bootc images: empty usr/etc/hostname and usr/etc/resolv.conf left by container builds, removed. */
   runtimeInjectedRemoved: string[];
+  /** bootc images: entries under usr/share/factory/var declared for systemd-tmpfiles (factory-var.ts). */
+  factoryVarEntries: number;
   /** Bytes of regular-file content written. */
   expandedBytes: number;
   compressedBytes: number;
@@ -134,7 +137,7 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
   const target = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
   const s: UnpackSummary = {
     layers: layers.length, entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, whiteouts: 0,
-    devicesSkipped: 0, filtered: {}, xattrLinks: 0, runtimeInjectedRemoved: [], expandedBytes: 0, compressedBytes: 0, seconds: 0,
+    devicesSkipped: 0, filtered: {}, xattrLinks: 0, runtimeInjectedRemoved: [], factoryVarEntries: 0, expandedBytes: 0, compressedBytes: 0, seconds: 0,
   };
   const { bootc } = opts;
   const links = new XattrLinks();
@@ -271,7 +274,13 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
 
   target.finish();
   s.xattrLinks = links.objects;
-  if (bootc && bootc.firstDerivedLayer < layers.length) s.runtimeInjectedRemoved = removeRuntimeInjected(dest);
+  if (bootc && bootc.firstDerivedLayer < layers.length) {
+    s.runtimeInjectedRemoved = removeRuntimeInjected(dest);
+    const declared = declareFactoryVar(dest);
+    if (declared === undefined) log().warn({ tmpfiles: FACTORY_VAR_TMPFILES }, "a symlink in the image's usr/ stands where a directory must be: derived /var content is not declared for systemd-tmpfiles");
+    else if (declared > 0) log().info({ entries: declared, tmpfiles: FACTORY_VAR_TMPFILES }, 'derived /var content declared for systemd-tmpfiles (created where the live /var lacks it)');
+    s.factoryVarEntries = declared ?? 0;
+  }
   if (!opts.keepSysroot) dropOstreeRepo(dest);
   failpoint('unpack.finish');
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -78,6 +78,8 @@ describe('pivot e2e, ostree-native node image', () => {
     expect(await sh(m, 'test -e /usr/etc/hostname && echo present || echo absent')).toBe('absent\n');
     // Derived var/ is at /usr/share/factory/var; /opt from the layer is dropped.
     expect(await sh(m, 'cat /usr/share/factory/var/lib/node-layer/seed')).toBe('from the image\n');
+    // ... and the refresh phase's systemd-tmpfiles --create seeded the node's /var from it.
+    expect(await sh(m, 'cat /var/lib/node-layer/seed')).toBe('from the image\n');
     expect(await sh(m, 'test -e /usr/opt && echo present || echo absent')).toBe('absent\n');
     const status = JSON.parse((await m.exec(['/usr/local/bin/node-image-pivot', 'status', '--json'])).stdout) as {
       state: { result: string; phases: Array<{ name: string; facts?: Record<string, unknown> }> };

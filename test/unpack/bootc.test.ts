@@ -1,8 +1,11 @@
 // bootc's import rules as pure functions, the a(ayay) reader, and bad ostree-native input: each
 // bad case is a typed error naming the path, exit 4 or 5, with nothing outside the destination.
+import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PivotError } from '../../src/errors.ts';
 import { bootcImageOf, bootcPath, MAX_SHARED_XATTRS_BYTES, MAX_XATTRS_OBJECT, repoObjectOf, XattrLinks, type BootcImage } from '../../src/unpack/bootc.ts';
+import { declareFactoryVar, factoryVarLines, FACTORY_VAR_TMPFILES } from '../../src/unpack/factory-var.ts';
 import { offsetWidth, parseXattrList, GVariantError } from '../../src/unpack/gvariant.ts';
 import { formatPullSummary, unpackLayers, type PullToDestSummary } from '../../src/unpack/index.ts';
 import { encodeXattrList, objectPath } from '../helpers/ostree-image.ts';
@@ -65,7 +68,7 @@ describe('pull summary line', () => {
   it('names the ostree commit and what the derived layers dropped', () => {
     const s = {
       image: 'r/node:1', manifestDigest: 'sha256:m', source: 'r/node', dest: '/d', layers: 3, entries: 9, files: 4, dirs: 2, symlinks: 0, hardlinks: 1,
-      whiteouts: 0, devicesSkipped: 0, filtered: { opt: 3, root: 1 }, xattrLinks: 2, runtimeInjectedRemoved: [], expandedBytes: 10, compressedBytes: 5, seconds: 1,
+      whiteouts: 0, devicesSkipped: 0, filtered: { opt: 3, root: 1 }, xattrLinks: 2, runtimeInjectedRemoved: [], factoryVarEntries: 0, expandedBytes: 10, compressedBytes: 5, seconds: 1,
       transfer: {} as PullToDestSummary['transfer'], bootc: { ostreeCommit: 'c0ffee', bootable: true, firstDerivedLayer: 2, layerCount: 3 },
     } satisfies PullToDestSummary;
     expect(formatPullSummary(s)).toMatch(/, bootc image \(ostree commit c0ffee\), dropped outside \/usr \/etc \/var: opt 3, root 1, 1\.00 s\n$/);
@@ -149,5 +152,33 @@ describe('bad ostree-native input', () => {
   it('a malformed GVariant in an xattr object', async () => {
     const t = new TarBuilder().file(link, Buffer.from([0x05])).file(file, 'x').end();
     expect((await fails(t, link)).kind).toBe('unpack');
+  });
+});
+
+describe('derived /var declared for systemd-tmpfiles', () => {
+  let sb: Sandbox;
+  beforeEach(() => { sb = sandbox(); });
+  afterEach(() => {
+    expect(sb.canaryIntact()).toBe(true);
+    sb.cleanup();
+  });
+  it('one C line per entry, parents first; odd names ride along with their parent', () => {
+    const fv = join(sb.dest, 'usr/share/factory/var');
+    mkdirSync(join(fv, 'lib/app'), { recursive: true });
+    writeFileSync(join(fv, 'lib/app/100%'), 'x');
+    writeFileSync(join(fv, 'lib/app/with space'), 'x');
+    expect(factoryVarLines(sb.dest)).toEqual([
+      'C "/var/lib" - - - - /usr/share/factory/var/lib',
+      'C "/var/lib/app" - - - - /usr/share/factory/var/lib/app',
+      'C "/var/lib/app/100%%" - - - - /usr/share/factory/var/lib/app/100%%',
+    ]);
+    expect(declareFactoryVar(sb.dest)).toBe(3);
+    expect(readFileSync(join(sb.dest, FACTORY_VAR_TMPFILES), 'utf8')).toContain('C "/var/lib/app" - - - - /usr/share/factory/var/lib/app\n');
+  });
+  it('writes nothing through a symlink the image put where usr/lib must be a directory', () => {
+    mkdirSync(join(sb.dest, 'usr/share/factory/var/lib'), { recursive: true });
+    symlinkSync(sb.canary, join(sb.dest, 'usr/lib'));
+    expect(declareFactoryVar(sb.dest)).toBeUndefined();
+    expect(existsSync(join(sb.canary, 'tmpfiles.d'))).toBe(false);
   });
 });

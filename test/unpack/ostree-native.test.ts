@@ -130,6 +130,7 @@ describe.skipIf(!isRoot || !ostreeOk)('ground truth: ostree checkout', () => {
     const s = await unpackImage(dest, tars, 8);
     expect(s.filtered).toEqual({ opt: 3, root: 2, run: 1, tmp: 1 });
     expect(s.runtimeInjectedRemoved).toEqual(['usr/etc/hostname', 'usr/etc/resolv.conf']);
+    expect(s.factoryVarEntries).toBe(4);
 
     const want = join(sb.base, 'dest-derived-by-hand');
     // cp -a keeps owners, modes, xattrs and hardlinks.
@@ -151,12 +152,22 @@ describe.skipIf(!isRoot || !ostreeOk)('ground truth: ostree checkout', () => {
     put('usr/share/factory/var/lib/kubelet/config.yaml', 'kind: KubeletConfiguration\n');
     mkdirSync(join(want, 'usr/share/factory/var/tmp'));
     chmodSync(join(want, 'usr/share/factory/var/tmp'), 0o1777);
+    // Derived /var content is declared for systemd-tmpfiles (factory-var.ts), parents first.
+    mkdirSync(join(want, 'usr/lib/tmpfiles.d'), { recursive: true });
+    put('usr/lib/tmpfiles.d/node-image-pivot-factory-var.conf', [
+      "# Written by node-image-pivot: seeds /var from the image's derived layers (docs/unpack.md).",
+      'C "/var/lib" - - - - /usr/share/factory/var/lib',
+      'C "/var/lib/kubelet" - - - - /usr/share/factory/var/lib/kubelet',
+      'C "/var/lib/kubelet/config.yaml" - - - - /usr/share/factory/var/lib/kubelet/config.yaml',
+      'C "/var/tmp" - - - - /usr/share/factory/var/tmp',
+      '',
+    ].join('\n'));
     mkdirSync(join(want, 'run'));
     mkdirSync(join(want, 'tmp'));
     chmodSync(join(want, 'tmp'), 0o1777);
     // File mtimes of the new files come from the layer; compare everything else.
     const noMtime = (m: Map<string, NodeFacts>): Map<string, NodeFacts> => {
-      for (const [k, f] of m) if (['usr/etc/kubelet.conf', 'usr/bin/kubelet', 'usr/share/data/only', 'usr/share/factory/var/lib/kubelet/config.yaml'].includes(k)) delete f.mtimeUs;
+      for (const [k, f] of m) if (['usr/lib/tmpfiles.d/node-image-pivot-factory-var.conf', 'usr/etc/kubelet.conf', 'usr/bin/kubelet', 'usr/share/data/only', 'usr/share/factory/var/lib/kubelet/config.yaml'].includes(k)) delete f.mtimeUs;
       return m;
     };
     expect(diff(noMtime(facts(want)), noMtime(facts(dest)))).toEqual([]);
@@ -193,3 +204,21 @@ function paxRecords(buf: Buffer): Array<[string, Buffer]> {
   }
   return out;
 }
+
+describe.skipIf(!isRoot || !ostreeOk)('derived /var content on a node that already has a /var', () => {
+  it('systemd-tmpfiles --create adds what the live /var lacks and keeps what it has', async () => {
+    const dest = join(sb.base, 'dest-var');
+    await unpackImage(dest, [...exportOstreeLayers(commit, { chunks: 1, xattrsLink: 'file' }), derivedLayer()], 1);
+    // The node's /var: kubelet's config already written locally, nothing else of the image's.
+    mkdirSync(join(dest, 'var/lib/kubelet'), { recursive: true });
+    writeFileSync(join(dest, 'var/lib/kubelet/config.yaml'), 'local\n');
+    mkdirSync(join(dest, 'var/lib/other'));
+    const r = await execa('systemd-tmpfiles', ['--create', `--root=${dest}`, 'node-image-pivot-factory-var.conf'], { reject: false, all: true });
+    expect(r.all).toBe('');
+    expect(readFileSync(join(dest, 'var/lib/kubelet/config.yaml'), 'utf8')).toBe('local\n');
+    rmSync(join(dest, 'var/lib/kubelet/config.yaml'));
+    await execa('systemd-tmpfiles', ['--create', `--root=${dest}`, 'node-image-pivot-factory-var.conf']);
+    expect(readFileSync(join(dest, 'var/lib/kubelet/config.yaml'), 'utf8')).toBe('kind: KubeletConfiguration\n');
+    expect(lstatSync(join(dest, 'var/lib/other')).isDirectory()).toBe(true);
+  });
+});
