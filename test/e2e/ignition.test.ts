@@ -35,8 +35,8 @@ describe('ignition', () => {
 
     const m = await bootMachine({
       name: 'ignition', agentBinary: null,
-      prepare: (root) => {
-        const written = applyIgnition(doc, root);
+      prepare: async (root) => {
+        const written = await applyIgnition(doc, root);
         expect(written).toContain('/usr/local/bin/node-image-pivot');
         // The installer's own file, not ours: the loopback registry is plain HTTP.
         mkdirSync(join(root, 'etc/containers'), { recursive: true });
