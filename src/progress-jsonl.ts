@@ -3,7 +3,7 @@
 // may stall or fail the pivot: the fd is made non-blocking (libuv does that for a pipe or a
 // socket), at most MAX_QUEUED_BYTES wait in memory, lossy events are dropped when the reader is
 // behind, and a reader that went away (EPIPE) ends the stream with one log line.
-import { closeSync, fstatSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, readFileSync, readdirSync, readlinkSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { PivotError, isErrno } from './errors.ts';
 import { log } from './log.ts';
@@ -42,6 +42,35 @@ export type ProgressEvent =
   | { type: 'ProgressSteps'; task: string; description: string; id: string; stepsCached: number; steps: number; stepsTotal: number; subtasks: StepSubtask[] }
   | ({ type: 'Result' } & ProgressResult);
 
+/** O_ACCMODE of an fd: 0 read, 1 write, 2 both. */
+function accessMode(fd: number | string): number {
+  try {
+    return parseInt(/^flags:\s*([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? '0', 8) & 3;
+  } catch {
+    return -1;
+  }
+}
+
+/**
+ * Node opens descriptors of its own before any of our code runs: epoll, eventfd and io_uring
+ * (anon inodes) and pipes whose both ends it holds. A mistyped --progress-fd can name one of
+ * them, and writing there (or closing it) aborts the process; a descriptor the parent passed is
+ * a file, a FIFO, a socket or one end of a pipe.
+ */
+function isNodesOwn(fd: number, target: string): boolean {
+  if (target.startsWith('anon_inode:')) return true;
+  if (!/^pipe:\[\d+\]$/.test(target)) return false;
+  const mode = accessMode(fd);
+  return readdirSync('/proc/self/fd').some((other) => {
+    if (Number(other) === fd) return false;
+    try {
+      return readlinkSync(`/proc/self/fd/${other}`) === target && accessMode(other) !== mode;
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** Bytes that may wait for a slow reader: enough for every required event of a run, many times. */
 export const MAX_QUEUED_BYTES = 256 * 1024;
 /** A lossy event is only queued when the reader is this close to caught up. */
@@ -67,6 +96,7 @@ export class JsonlProgressWriter {
   private socket: Socket | undefined;
   private fileFd: number | undefined;
   private stopped = false;
+  private closing = false;
   private overflowLogged = false;
   readonly stats: JsonlStats = { written: 0, droppedLossy: 0, droppedRequired: 0, counts: {} };
 
@@ -74,15 +104,18 @@ export class JsonlProgressWriter {
 
   constructor(fd: number) {
     this.fd = fd;
-    let st;
+    const notPassed = (why: string, cause?: unknown): PivotError => new PivotError('usage', `--progress-fd ${fd} ${why}`, {
+      field: '--progress-fd', fix: `open fd ${fd} before starting node-image-pivot, e.g. '${fd}<>/run/installer/progress.fifo' in the unit's shell line (docs/progress.md)`,
+      cause,
+    });
+    let target: string;
     try {
-      st = fstatSync(fd);
+      target = readlinkSync(`/proc/self/fd/${fd}`);
     } catch (err) {
-      throw new PivotError('usage', `--progress-fd ${fd} is not open${isErrno(err) ? ` (${err.code})` : ''}`, {
-        field: '--progress-fd', fix: `open fd ${fd} before starting node-image-pivot, e.g. '${fd}<>/run/installer/progress.fifo' in the unit's shell line (docs/progress.md)`,
-        cause: err,
-      });
+      throw notPassed(`is not open${isErrno(err) ? ` (${err.code})` : ''}`, err);
     }
+    if (isNodesOwn(fd, target)) throw notPassed(`was not passed to node-image-pivot (it is one of Node's own descriptors, ${target})`);
+    const st = fstatSync(fd);
     if (st.isFIFO() || st.isSocket()) {
       // libuv sets O_NONBLOCK on the fd and queues what the pipe does not take at once.
       this.socket = new Socket({ fd, readable: false, writable: true });
@@ -97,7 +130,7 @@ export class JsonlProgressWriter {
 
   /** Required events are kept while a reader is behind (up to MAX_QUEUED_BYTES); lossy ones are not. */
   write(event: ProgressEvent, required: boolean): void {
-    if (this.stopped) return;
+    if (this.stopped || this.closing) return;
     const line = `${JSON.stringify(event)}\n`;
     if (this.fileFd !== undefined) {
       try {
@@ -148,7 +181,8 @@ export class JsonlProgressWriter {
     }
     const s = this.socket!;
     if (this.stopped || s.destroyed) return;
-    this.stopped = true;
+    // No more events; an EPIPE while the queue drains is still logged by stop().
+    this.closing = true;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => { s.destroy(); resolve(); }, CLOSE_GRACE_MS);
       timer.unref();

@@ -3,7 +3,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -68,6 +68,10 @@ describe('progress JSON lines', () => {
     for (const bad of ['0', '1', '2', '-1', 'x', '3.5', '']) expect(thrown(() => parseProgressFd(bad))).toMatchObject({ kind: 'usage', field: '--progress-fd' });
     expect(parseProgressFd('7')).toBe(7);
     expect(thrown(() => new JsonlProgressWriter(999))).toMatchObject({ kind: 'usage', field: '--progress-fd' });
+    // One of Node's own (epoll, eventfd): taking it would abort the process.
+    const own = readdirSync('/proc/self/fd').map(Number).find((fd) => { try { return readlinkSync(`/proc/self/fd/${fd}`).startsWith('anon_inode:'); } catch { return false; } });
+    expect(own).toBeDefined();
+    expect((thrown(() => new JsonlProgressWriter(own!)) as Error).message).toMatch(/one of Node's own descriptors/);
   });
 
   it('writes Start, steps for the phases, throttled byte progress with per-layer subtasks, and the result', async () => {
