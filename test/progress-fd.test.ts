@@ -90,6 +90,7 @@ describe('progress JSON lines', () => {
     onProgress({ layer: 2, layers: 2, bytesIn: 300, bytesTotal: 300, digest: 'sha256:b', size: 200, layerBytesIn: 200 });
     progress.phaseEnd('pull', 'done');
     progress.phaseEnd('mount', 'skipped');
+    progress.phase('failed', 'the one line');
     progress.result({ result: 'done', exitCode: 0, digest: 'sha256:d' });
     await progress.close();
 
@@ -105,6 +106,16 @@ describe('progress JSON lines', () => {
     expect(ev[7]).toMatchObject({ steps: 2, subtasks: [{ id: 'pull', completed: true }] });
     expect(ev[8]).toMatchObject({ steps: 3, subtasks: [{ id: 'mount', description: 'mount skipped', completed: true }] });
     expect(ev[9]).toEqual({ type: 'Result', result: 'done', exitCode: 0, digest: 'sha256:d' });
+  });
+
+  it('the wait between attempts is a step event of its own; it does not count as a phase', async () => {
+    const out = join(dir, 'backoff.jsonl');
+    const progress = new Progress({ notify: async () => undefined, tty: false, jsonl: { writer: new JsonlProgressWriter(openSync(out, 'w')), command: 'run', steps: ['preflight'], id: 'run' } });
+    progress.phase('preflight');
+    progress.phaseEnd('preflight', 'done');
+    progress.phase('backoff', 'attempt 3, waiting 15 s');
+    await progress.close();
+    expect(lines(out).at(-1)).toMatchObject({ type: 'ProgressSteps', steps: 1, stepsTotal: 1, subtasks: [{ subtask: 'backoff', id: 'backoff', description: 'backoff: attempt 3, waiting 15 s', completed: false }] });
   });
 
   it('tracks layers in order: earlier layers complete, later ones not yet listed', () => {
