@@ -30,7 +30,7 @@ export const ignitionCommand: Command = {
     'The config is validated first; a bad config is refused and nothing is written. The binary goes',
     'to /usr/local/bin (outside /usr, so it stays reachable after the pivot), the config to',
     '/etc/node-image-pivot/config.json, the generator to /etc/systemd/system-generators.',
-    'With --binary-url, host dist/node-image-pivot.gz (42 MB instead of 113) and keep the default',
+    'With --binary-url, host dist/node-image-pivot.gz (41 MB instead of 113) and keep the default',
     '--compression gzip: Ignition downloads the .gz, decompresses it, and checks the sha512 of the',
     'decompressed binary (spec 3.4.0). So --binary-sha512 is always the uncompressed binary\'s:',
     '  --binary-sha512 $(awk \'$2 == "node-image-pivot" {print $1}\' dist/SHA512SUMS)',
