@@ -1,3 +1,5 @@
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 // Two projects: "unit" runs everywhere in temp dirs and namespaces; "e2e" boots the nspawn
@@ -13,6 +15,8 @@ export default defineConfig({
           testTimeout: 60_000,
           hookTimeout: 120_000,
           pool: 'forks',
+          // A failing `run` in a unit test must not put its message on this host's console.
+          env: { NODE_IMAGE_PIVOT_ISSUE_DIR: join(tmpdir(), 'nip-unit-tests-issue.d') },
         },
       },
       {

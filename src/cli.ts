@@ -37,7 +37,8 @@ export function mainHelp(): string {
     '  -V, --version    print the tool and embedded Node versions',
     '',
     `Exit codes: 0 ok or skipped, 1 internal, 2 usage/config, 3 registry/auth/network,`,
-    `  4 verification, 5 unpack, 6 mount, 7 /etc merge, 8 systemd, 9 preflight, 10 interrupted.`,
+    `  4 verification, 5 unpack, 6 mount, 7 /etc merge, 8 systemd, 9 preflight, 10 interrupted,`,
+    `  11 busy (another run holds the pivot lock).`,
     `Run '${PROG} <command> --help' for a command's options.`,
   ].join('\n');
 }

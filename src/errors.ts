@@ -17,6 +17,7 @@ export const ExitCode = {
   systemd: 8,
   preflight: 9,
   interrupted: 10,
+  busy: 11,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -36,6 +37,7 @@ export type ErrorKind =
   | 'systemd'
   | 'preflight'
   | 'interrupted'
+  | 'busy'
   | 'internal';
 
 const exitCodeByKind: Record<ErrorKind, ExitCode> = {
@@ -54,6 +56,7 @@ const exitCodeByKind: Record<ErrorKind, ExitCode> = {
   systemd: ExitCode.systemd,
   preflight: ExitCode.preflight,
   interrupted: ExitCode.interrupted,
+  busy: ExitCode.busy,
   internal: ExitCode.internal,
 };
 

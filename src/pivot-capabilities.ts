@@ -7,7 +7,7 @@ import { DEFAULT_REGISTRIES_CONF, inConfigTerms, type Config } from './config.ts
 import { PivotError } from './errors.ts';
 import { log } from './log.ts';
 import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } from './pivot.ts';
-import type { Progress } from './progress.ts';
+import { pullProgress, type Progress } from './progress.ts';
 import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
 import { pullToDest, type PullToDestSummary } from './unpack/index.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
@@ -142,7 +142,7 @@ export function realCapabilities(): PivotCapabilities {
         allowDevices: cfg.allowDevices,
         keepSysroot: cfg.keepSysroot,
         // `systemctl status` and a terminal show how far the pull is (throttled in Progress).
-        onProgress: (p) => progress.update({ phase: 'pull', detail: `layer ${p.layer}/${p.layers}`, done: p.bytesIn, total: image.compressedBytes, unit: 'bytes' }),
+        onProgress: pullProgress(progress),
       });
       // ostree-native images export /usr/etc as /etc; the new /usr carries its defaults at
       // usr/etc again, as the base of the next merge and for ostree's own tools.

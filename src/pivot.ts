@@ -205,13 +205,16 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       const f = facts?.(out);
       if (record) rec?.endPhase(record, 'done', f);
       log().info({ phase: name, seconds: record?.seconds, ...f }, `phase ${name} done`);
+      progress.phaseEnd(name, 'done');
       return out;
     } catch (err) {
       if (record) rec?.endPhase(record, 'failed');
+      progress.phaseEnd(name, 'failed');
       throw err;
     }
   };
   const skipPhase = (name: PhaseName, reason: string): void => {
+    progress.phaseEnd(name, 'skipped');
     if (!rec) return;
     const record = rec.startPhase(name);
     rec.endPhase(record, 'skipped', { reason });

@@ -14,7 +14,7 @@ describe('PivotError', () => {
     const cases: Array<[ConstructorParameters<typeof PivotError>[0], number, boolean]> = [
       ['config', 2, true], ['auth', 3, false], ['network', 3, false], ['verification', 4, true],
       ['path-safety', 5, true], ['mount', 6, false], ['etc-conflict', 7, true], ['systemd', 8, false],
-      ['preflight', 9, false], ['interrupted', 10, false],
+      ['preflight', 9, false], ['interrupted', 10, false], ['busy', 11, false],
     ];
     for (const [kind, code, permanent] of cases) {
       const e = new PivotError(kind, 'x', { fix: 'y' });
@@ -31,6 +31,15 @@ describe('PivotError', () => {
     expect(e.exitCode).toBe(1);
     const same = new PivotError('mount', 'm', { fix: 'f' });
     expect(asPivotError(same)).toBe(same);
+  });
+});
+
+describe('README exit codes', () => {
+  it('the table lists every exit code, in order', () => {
+    const readme = readFileSync('README.md', 'utf8');
+    const table = readme.slice(readme.indexOf('## Exit codes'), readme.indexOf('`status` has its own'));
+    const codes = [...table.matchAll(/^\| (\d+) \|/gm)].map((m) => Number(m[1]));
+    expect(codes).toEqual(Object.values(ExitCode));
   });
 });
 

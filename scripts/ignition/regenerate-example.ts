@@ -1,36 +1,51 @@
-// Regenerates ignition/example.ign from ignition/example-config.json and units/. The URL and hash
-// are fixed placeholders so the output only changes when the units or the config change; a unit
-// test fails when example.ign is stale. Usage: node scripts/ignition/regenerate-example.ts [--check]
+// Regenerates ignition/example.ign from ignition/example-config.json, units/ and a real build:
+// the binary's hash is the sha512 of dist/node-image-pivot from `npm run build` (the line in
+// dist/SHA512SUMS), the URL a placeholder that cannot resolve (.invalid, RFC 2606). The check
+// (and the unit test) re-renders with the hash example.ign already has, so the file stays in
+// step with units/ and the config without a rebuild on every commit; regenerate it after a build.
+// Usage: node scripts/ignition/regenerate-example.ts [--check]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readValidConfig } from '../../src/ignition/generate.ts';
 import { readUnitAssets } from '../../src/ignition/assets.ts';
-import { buildIgnition, serialize } from '../../src/ignition/build.ts';
+import { BINARY_PATH, buildIgnition, serialize, type IgnitionConfig } from '../../src/ignition/build.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
-export const EXAMPLE_URL = 'https://mirror.example.com/node-image-pivot/v0.1.0/node-image-pivot-linux-amd64';
-// sha512 of the empty string: obviously a placeholder, and valid in form.
-export const EXAMPLE_SHA512 = 'cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e';
+export const EXAMPLE_URL = 'https://your-mirror.invalid/node-image-pivot/v0.1.0/node-image-pivot.gz';
 export const EXAMPLE_PATH = join(root, 'ignition', 'example.ign');
+export const SHA512SUMS = join(root, 'dist', 'SHA512SUMS');
 
-export function renderExample(): string {
+/** The uncompressed binary's sha512 from the last build (what Ignition checks after gunzip). */
+export function builtSha512(sums = SHA512SUMS): string {
+  const line = readFileSync(sums, 'utf8').split('\n').find((l) => l.endsWith('  node-image-pivot'));
+  if (!line) throw new Error(`${sums} has no node-image-pivot line: run npm run build`);
+  return line.split(' ')[0]!;
+}
+
+/** The sha512 example.ign carries now. */
+export function recordedSha512(text = readFileSync(EXAMPLE_PATH, 'utf8')): string {
+  const doc = JSON.parse(text) as IgnitionConfig;
+  const hash = doc.storage.files.find((f) => f.path === BINARY_PATH)?.contents.verification?.hash ?? '';
+  return hash.replace(/^sha512-/, '');
+}
+
+export function renderExample(sha512: string): string {
   const configText = readValidConfig(join(root, 'ignition', 'example-config.json'));
   return serialize(buildIgnition({
     configText,
-    binary: { kind: 'remote', url: EXAMPLE_URL, sha512: EXAMPLE_SHA512 },
+    binary: { kind: 'remote', url: EXAMPLE_URL, sha512, compression: 'gzip' },
     assets: readUnitAssets(join(root, 'units')),
   }));
 }
 
 if (import.meta.main) {
-  const text = renderExample();
   if (process.argv.includes('--check')) {
-    if (readFileSync(EXAMPLE_PATH, 'utf8') !== text) {
-      console.error('ignition/example.ign is stale: run node scripts/ignition/regenerate-example.ts');
+    if (readFileSync(EXAMPLE_PATH, 'utf8') !== renderExample(recordedSha512())) {
+      console.error('ignition/example.ign is stale: run npm run build, then node scripts/ignition/regenerate-example.ts');
       process.exitCode = 1;
     }
   } else {
-    writeFileSync(EXAMPLE_PATH, text);
+    writeFileSync(EXAMPLE_PATH, renderExample(builtSha512()));
     console.log(`wrote ${EXAMPLE_PATH}`);
   }
 }

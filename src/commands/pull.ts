@@ -1,6 +1,8 @@
 import type { Command, ParsedArgs } from './types.ts';
-import { PivotError } from '../errors.ts';
+import { pullProgress, type Progress } from '../progress.ts';
+import { PivotError, asPivotError } from '../errors.ts';
 import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { progressFdOption, progressFor, resultOfError } from './progress-option.ts';
 import type { RegistryOptions } from '../registry/index.ts';
 
 /** The registry flags shared by pull and resolve, as RegistryOptions. */
@@ -20,58 +22,86 @@ export function registryOptionsFrom(values: ParsedArgs['values']): RegistryOptio
 export const pullCommand: Command = {
   name: 'pull',
   summary: 'pull an image from its registry and unpack it into a directory (or an OCI layout)',
-  usage: 'pull IMAGE (--dest DIR | --oci-layout DIR) [--authfile F] [--registries-conf F] [--cert-dir D] [--platform OS/ARCH[/VARIANT]] [--json]',
-  help: 'DIR is written as DIR.partial and renamed to DIR only when complete. A bootable image (label ostree.commit or containers.bootc=1) unpacks as bootc imports it: etc/ at usr/etc/, derived var/ at usr/share/factory/var/, other top-level paths of derived layers dropped and counted (docs/unpack.md).',
+  usage: 'pull IMAGE (--dest DIR | --oci-layout DIR) [--authfile F] [--registries-conf F] [--cert-dir D] [--platform OS/ARCH[/VARIANT]] [--json] [--progress-fd N]',
+  help: [
+    'DIR is written as DIR.partial and renamed to DIR only when complete.',
+    'A bootable image (label ostree.commit or containers.bootc=1) unpacks as bootc imports it: etc/ at',
+    'usr/etc/, derived var/ at usr/share/factory/var/, other top-level paths of derived layers dropped',
+    'and counted (docs/unpack.md).',
+    '--progress-fd writes JSON lines for an installer\'s UI (docs/progress.md); with --dest they',
+    'carry byte progress per layer, with --oci-layout only the start, the end and the result.',
+  ].join('\n'),
   options: {
     dest: { type: 'string' },
     'oci-layout': { type: 'string' },
     ...registryOptions,
     json: { type: 'boolean' },
+    ...progressFdOption.options,
   },
   optionHelp: {
     dest: 'unpack the image into this directory',
     'oci-layout': 'write a standard OCI image layout (oci-layout, index.json, blobs/) instead',
     ...registryOptionHelp,
     json: 'print the summary as JSON',
+    ...progressFdOption.optionHelp,
   },
   positionals: { names: ['IMAGE'], min: 1, max: 1 },
   async run(args) {
-    const [{ configSchema }, { formatPullSummary, pullToDest }, { openImage, writeOciLayout }] = await Promise.all([
-      import('../config.ts'), import('../unpack/index.ts'), import('../registry/index.ts'),
-    ]);
     const dest = stringOpt(args.values, 'dest');
     const layout = stringOpt(args.values, 'oci-layout');
     if ((dest === undefined) === (layout === undefined)) {
       throw new PivotError('usage', 'pull: give exactly one of --dest DIR or --oci-layout DIR', { fix: "run 'node-image-pivot pull --help'" });
     }
-    if (dest !== undefined) {
-      const defaults = configSchema.parse({ image: args.positionals[0] });
-      const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
-        limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: defaults.keepSysroot,
-      });
-      process.stdout.write(args.values.json ? `${JSON.stringify(summary)}\n` : formatPullSummary(summary));
-      return 0;
-    }
-    const started = Date.now();
-    const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
+    const progress = progressFor(args.values, 'pull', ['pull']);
     try {
-      const result = await writeOciLayout(image, layout!);
-      const stats = image.stats();
-      const summary = {
-        image: image.reference.toString(),
-        manifestDigest: image.manifestDigest,
-        source: image.source,
-        dir: result.dir,
-        blobs: result.blobs,
-        bytes: result.bytes,
-        ...stats,
-        seconds: (Date.now() - started) / 1000,
-      };
-      process.stdout.write(args.values.json ? `${JSON.stringify(summary)}\n`
-        : `pulled ${summary.image}@${summary.manifestDigest} into ${summary.dir} (${summary.blobs} blobs, ${summary.bytes} bytes, ${stats.bytesFetched} fetched, ${summary.seconds}s)\n`);
+      progress.phase('pull');
+      const { summary, text } = dest !== undefined ? await pullDest(args, dest, progress) : await pullLayout(args, layout!);
+      progress.phaseEnd('pull', 'done');
+      progress.result({ result: 'done', exitCode: 0, digest: summary.manifestDigest });
+      await progress.close();
+      process.stdout.write(args.values.json ? `${JSON.stringify(summary)}\n` : text);
       return 0;
-    } finally {
-      await image.close();
+    } catch (err) {
+      const e = asPivotError(err);
+      progress.phaseEnd('pull', 'failed');
+      progress.result(resultOfError(e));
+      await progress.close();
+      throw e;
     }
   },
 };
+
+interface Pulled { summary: { manifestDigest: string }; text: string }
+
+async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Promise<Pulled> {
+  const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../unpack/index.ts')]);
+  const defaults = configSchema.parse({ image: args.positionals[0] });
+  const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
+    limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: defaults.keepSysroot, onProgress: pullProgress(progress),
+  });
+  return { summary, text: formatPullSummary(summary) };
+}
+
+async function pullLayout(args: ParsedArgs, layout: string): Promise<Pulled> {
+  const { openImage, writeOciLayout } = await import('../registry/index.ts');
+  const started = Date.now();
+  const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
+  try {
+    const result = await writeOciLayout(image, layout);
+    const stats = image.stats();
+    const summary = {
+      image: image.reference.toString(),
+      manifestDigest: image.manifestDigest,
+      source: image.source,
+      dir: result.dir,
+      blobs: result.blobs,
+      bytes: result.bytes,
+      ...stats,
+      seconds: (Date.now() - started) / 1000,
+    };
+    const text = `pulled ${summary.image}@${summary.manifestDigest} into ${summary.dir} (${summary.blobs} blobs, ${summary.bytes} bytes, ${stats.bytesFetched} fetched, ${summary.seconds}s)\n`;
+    return { summary, text };
+  } finally {
+    await image.close();
+  }
+}

@@ -17,8 +17,11 @@ export const GENERATOR_PATH = `/etc/systemd/system-generators/${GENERATOR_NAME}`
 const MODE_EXEC = 0o755;
 const MODE_CONFIG = 0o644;
 
+export type Compression = 'gzip' | 'none';
+
 export type BinarySource =
-  | { kind: 'remote'; url: string; sha512: string }
+  /** sha512 is of the uncompressed binary, whatever `compression` says (see buildIgnition). */
+  | { kind: 'remote'; url: string; sha512: string; compression: Compression }
   | { kind: 'embed'; path: string };
 
 export interface IgnitionInput {
@@ -61,6 +64,17 @@ export function checkBinaryUrl(url: string): string {
   return url;
 }
 
+export function checkCompression(value: string, url: string): Compression {
+  if (value !== 'gzip' && value !== 'none') {
+    throw new PivotError('usage', `--compression ${JSON.stringify(value)} is not gzip or none`, { field: '--compression', fix: 'pass --compression gzip (for node-image-pivot.gz) or --compression none (for the plain binary)' });
+  }
+  // A .gz written to /usr/local/bin as is would be a binary that cannot run: a stuck first boot.
+  if (value === 'none' && /\.gz$/i.test(new URL(url).pathname)) {
+    throw new PivotError('usage', `--binary-url ${url} names a .gz file but --compression is none`, { field: '--compression', fix: 'leave out --compression (gzip is the default), or point --binary-url at the uncompressed binary' });
+  }
+  return value;
+}
+
 export function checkSha512(hex: string): string {
   if (!/^[0-9a-fA-F]{128}$/.test(hex)) {
     throw new PivotError('usage', '--binary-sha512 must be 128 hex digits', { field: '--binary-sha512', fix: 'pass the output of sha512sum for the binary at --binary-url' });
@@ -78,14 +92,22 @@ const EMBED_HASH = 'sha512-\u0000EMBEDDED-HASH\u0000';
 
 /** PURE: the whole document. An embedded binary's source and hash are placeholders here. */
 export function buildIgnition(input: IgnitionInput): IgnitionConfig {
+  // Ignition spec 3.4.0, storage.files[].contents.verification.hash: "If compression is
+  // specified, the hash describes the decompressed contents"
+  // (https://coreos.github.io/ignition/configuration-v3_4/). So with gzip the hash is still the
+  // binary's own sha512 (the `node-image-pivot` line of dist/SHA512SUMS), never the .gz's.
   const binary: IgnitionFile = input.binary.kind === 'remote'
     ? {
         path: BINARY_PATH, overwrite: true, mode: MODE_EXEC,
-        contents: { source: checkBinaryUrl(input.binary.url), verification: { hash: `sha512-${checkSha512(input.binary.sha512)}` } },
+        contents: {
+          ...(input.binary.compression === 'gzip' ? { compression: 'gzip' as const } : {}),
+          source: checkBinaryUrl(input.binary.url),
+          verification: { hash: `sha512-${checkSha512(input.binary.sha512)}` },
+        },
       }
     : {
         path: BINARY_PATH, overwrite: true, mode: MODE_EXEC,
-        // With compression the hash is of the decompressed bytes (Ignition checks it after gunzip).
+        // As above: the hash is of the decompressed bytes (Ignition checks it after gunzip).
         contents: { compression: 'gzip', source: EMBED_SOURCE, verification: { hash: EMBED_HASH } },
       };
   return {

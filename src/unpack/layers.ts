@@ -30,8 +30,13 @@ export interface UnpackProgress {
   /** 1-based index of the layer being applied. */
   layer: number;
   layers: number;
-  /** Compressed bytes read so far, all layers. */
+  /** Compressed bytes read so far, all layers, and their total. */
   bytesIn: number;
+  bytesTotal: number;
+  /** The layer being applied, and the compressed bytes read of it so far. */
+  digest: string;
+  size: number;
+  layerBytesIn: number;
   entries: number;
 }
 
@@ -143,6 +148,7 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
   const links = new XattrLinks();
   const { limits } = opts;
 
+  const bytesTotal = layers.reduce((n, l) => n + l.size, 0);
   for (const [i, layer] of layers.entries()) {
     failpoint('unpack.layer');
     const label = `${i + 1}/${layers.length} ${layer.digest}`;
@@ -152,7 +158,7 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
     let skippedHere = 0;
     const filteredHere: Record<string, number> = {};
     const derived = bootc !== undefined && i >= bootc.firstDerivedLayer;
-    const progress = (): void => opts.onProgress?.({ layer: i + 1, layers: layers.length, bytesIn: s.compressedBytes, entries: s.entries });
+    const progress = (): void => opts.onProgress?.({ layer: i + 1, layers: layers.length, bytesIn: s.compressedBytes, bytesTotal, digest: layer.digest, size: layer.size, layerBytesIn: layerIn, entries: s.entries });
     const source = await layer.open();
     const extract = createTarExtract(label);
     const countIn = counter((n) => { layerIn += n; s.compressedBytes += n; });

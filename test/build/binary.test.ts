@@ -24,6 +24,22 @@ function runAlone(args: string[]) {
   return spawnSync(bin, args, { cwd: dir, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, encoding: 'utf8' });
 }
 
+describe('the compressed download', () => {
+  it('dist/node-image-pivot.gz is the binary, and SHA512SUMS/SHA256SUMS hold both files\' hashes', async () => {
+    const { createHash } = await import('node:crypto');
+    const { gunzipSync } = await import('node:zlib');
+    const raw = readFileSync(built);
+    const gz = readFileSync(`${built}.gz`);
+    expect(gunzipSync(gz).equals(raw)).toBe(true);
+    expect(gz.length).toBeLessThan(raw.length / 2);
+    for (const algo of ['sha256', 'sha512']) {
+      const sums = readFileSync(join(built, '..', `${algo.toUpperCase()}SUMS`), 'utf8');
+      const hex = (b: Buffer): string => createHash(algo).update(b).digest('hex');
+      expect(sums).toBe(`${hex(raw)}  node-image-pivot\n${hex(gz)}  node-image-pivot.gz\n`);
+    }
+  });
+});
+
 describe('single executable', () => {
   it('runs alone and reports the embedded Node 24', () => {
     const r = runAlone(['--version']);

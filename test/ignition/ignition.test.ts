@@ -8,7 +8,7 @@ import { readUnitAssets, UNIT_NAMES } from '../../src/ignition/assets.ts';
 import { buildIgnition, writeIgnition, type IgnitionConfig } from '../../src/ignition/build.ts';
 import { generateIgnition } from '../../src/ignition/generate.ts';
 import { main } from '../../src/cli.ts';
-import { renderExample, EXAMPLE_PATH } from '../../scripts/ignition/regenerate-example.ts';
+import { renderExample, recordedSha512, EXAMPLE_PATH } from '../../scripts/ignition/regenerate-example.ts';
 import { decodeDataUrl, validateIgnition34 } from './validate.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
@@ -54,13 +54,16 @@ describe('the structural validator', () => {
 describe('buildIgnition', () => {
   it('installs the binary from a verified URL, the config, the generator and the units from units/', () => {
     const assets = readUnitAssets(join(root, 'units'));
-    const doc = buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m.example/nip', sha512: SHA.toUpperCase() }, assets });
+    const doc = buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m.example/nip.gz', sha512: SHA.toUpperCase(), compression: 'gzip' }, assets });
     expect(validateIgnition34(doc)).toEqual([]);
     expect(doc.ignition.version).toBe('3.4.0');
+    // The hash stays the uncompressed binary's: the spec says it describes the decompressed contents.
     expect(fileAt(doc, '/usr/local/bin/node-image-pivot')).toEqual({
       path: '/usr/local/bin/node-image-pivot', overwrite: true, mode: 493,
-      contents: { source: 'https://m.example/nip', verification: { hash: `sha512-${SHA}` } },
+      contents: { compression: 'gzip', source: 'https://m.example/nip.gz', verification: { hash: `sha512-${SHA}` } },
     });
+    const plain = buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m.example/nip', sha512: SHA, compression: 'none' }, assets });
+    expect(fileAt(plain, '/usr/local/bin/node-image-pivot')?.contents).toEqual({ source: 'https://m.example/nip', verification: { hash: `sha512-${SHA}` } });
     const cfg = fileAt(doc, '/etc/node-image-pivot/config.json')!;
     expect(decodeDataUrl(cfg.contents.source).toString()).toBe(goodConfig);
     const gen = fileAt(doc, '/etc/systemd/system-generators/node-image-pivot-generator')!;
@@ -72,8 +75,8 @@ describe('buildIgnition', () => {
 
   it('refuses a URL Ignition cannot fetch and a malformed hash', () => {
     const assets = readUnitAssets(join(root, 'units'));
-    expect(() => buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'file:///nip', sha512: SHA }, assets })).toThrow(/cannot be fetched/);
-    expect(() => buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m/nip', sha512: 'abc' }, assets })).toThrow(/128 hex/);
+    expect(() => buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'file:///nip', sha512: SHA, compression: 'gzip' }, assets })).toThrow(/cannot be fetched/);
+    expect(() => buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m/nip', sha512: 'abc', compression: 'gzip' }, assets })).toThrow(/128 hex/);
   });
 });
 
@@ -104,10 +107,10 @@ describe('embedding the binary', () => {
   });
 
   it('writeIgnition keeps the remote form byte-identical to JSON.stringify', async () => {
-    const doc = buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m/nip', sha512: SHA }, assets: readUnitAssets(join(root, 'units')) });
+    const doc = buildIgnition({ configText: goodConfig, binary: { kind: 'remote', url: 'https://m/nip', sha512: SHA, compression: 'gzip' }, assets: readUnitAssets(join(root, 'units')) });
     const chunks: string[] = [];
     const { Writable } = await import('node:stream');
-    await writeIgnition(doc, { kind: 'remote', url: 'https://m/nip', sha512: SHA }, new Writable({ write(c: Buffer, _e, d) { chunks.push(c.toString()); d(); } }));
+    await writeIgnition(doc, { kind: 'remote', url: 'https://m/nip', sha512: SHA, compression: 'gzip' }, new Writable({ write(c: Buffer, _e, d) { chunks.push(c.toString()); d(); } }));
     expect(chunks.join('')).toBe(`${JSON.stringify(doc, null, 2)}\n`);
   });
 });
@@ -149,14 +152,37 @@ describe('node-image-pivot ignition (CLI)', () => {
     expect(await main(['ignition', '--config', cfg, ...url, '--embed', '--output', out])).toBe(2);
     expect(await main(['ignition', '--config', cfg, '--binary-url', 'ftp://m/nip', '--binary-sha512', SHA, '--output', out])).toBe(2);
     expect(await main(['ignition', ...url, '--output', out])).toBe(2);
+    expect(await main(['ignition', '--config', cfg, ...url, '--compression', 'zstd', '--output', out])).toBe(2);
+    expect(await main(['ignition', '--config', cfg, '--embed', '--compression', 'gzip', '--output', out])).toBe(2);
+    expect(await main(['ignition', '--config', cfg, '--binary-url', 'https://m/nip.gz', '--binary-sha512', SHA, '--compression', 'none', '--output', out])).toBe(2);
     expect(existsSync(out)).toBe(false);
+  });
+
+  it('--binary-url emits gzip compression by default, and none on request', async () => {
+    const cfg = writeConfig(goodConfig);
+    const out = join(dir, 'out.ign');
+    const binaryOf = (): IgnitionConfig['storage']['files'][number] => fileAt(JSON.parse(readFileSync(out, 'utf8')) as IgnitionConfig, '/usr/local/bin/node-image-pivot')!;
+    expect(await main(['ignition', '--config', cfg, '--binary-url', 'https://m/nip.gz', '--binary-sha512', SHA, '--output', out])).toBe(0);
+    expect(binaryOf().contents).toEqual({ compression: 'gzip', source: 'https://m/nip.gz', verification: { hash: `sha512-${SHA}` } });
+    expect(await main(['ignition', '--config', cfg, '--binary-url', 'https://m/nip', '--binary-sha512', SHA, '--compression', 'none', '--output', out])).toBe(0);
+    expect(binaryOf().contents).toEqual({ source: 'https://m/nip', verification: { hash: `sha512-${SHA}` } });
   });
 });
 
 describe('ignition/example.ign', () => {
   it('is what scripts/ignition/regenerate-example.ts produces from units/ today', () => {
     const current = readFileSync(EXAMPLE_PATH, 'utf8');
-    expect(current, 'stale: run node scripts/ignition/regenerate-example.ts').toBe(renderExample());
+    expect(current, 'stale: run npm run build, then node scripts/ignition/regenerate-example.ts').toBe(renderExample(recordedSha512(current)));
     expect(validateIgnition34(JSON.parse(current))).toEqual([]);
+  });
+
+  it('carries a real build\'s hash, gzip, and a URL that cannot resolve', () => {
+    const doc = JSON.parse(readFileSync(EXAMPLE_PATH, 'utf8')) as IgnitionConfig;
+    const bin = fileAt(doc, '/usr/local/bin/node-image-pivot')!;
+    expect(bin.contents.compression).toBe('gzip');
+    expect(new URL(bin.contents.source).hostname).toMatch(/\.invalid$/);
+    const sha = recordedSha512();
+    expect(sha).toMatch(/^[0-9a-f]{128}$/);
+    expect(sha).not.toBe(createHash('sha512').update('').digest('hex'));
   });
 });
