@@ -200,3 +200,26 @@ describe.skipIf(!haveTools)('labels from the node image\'s file_contexts', () =>
     await expect(lookupContexts(file, [{ path: '/etc/x', kind: 'file' }])).rejects.toMatchObject({ path: file, fix: expect.stringMatching(/file_contexts/) });
   });
 });
+
+describe.skipIf(process.getuid?.() !== 0)('the /etc merge with labels', () => {
+  it('gives written entries the given context instead of new\'s, and leaves the other xattrs alone', async () => {
+    const { applyEtcMerge, planEtcMerge } = await import('../../src/etc/index.ts');
+    const { xattrs } = await import('../../src/xattr.ts');
+    process.env.NODE_IMAGE_PIVOT_LOG_LEVEL ??= 'warn';
+    for (const t of ['base', 'etc', 'new']) mkdirSync(join(root, t), { recursive: true });
+    const src = put('new/kubernetes/kubelet.conf', 'x\n');
+    put('new/issue', 'new issue\n');
+    // As setfiles labelled them in the staged tree: for their place at /usr/etc.
+    xattrs().setAttributeSync(src, 'security.selinux', 'system_u:object_r:etc_t:s0\0');
+    xattrs().setAttributeSync(src, 'user.keep', 'me');
+    const plan = await planEtcMerge({ base: join(root, 'base'), current: join(root, 'etc'), new: join(root, 'new') });
+    const labels = new Map([['kubernetes', 'system_u:object_r:nipkubelet_conf_t:s0'], ['kubernetes/kubelet.conf', 'system_u:object_r:nipkubelet_conf_t:s0']]);
+    await applyEtcMerge(plan, { labels, durable: false });
+    const get = (rel: string, name = 'security.selinux'): string | undefined => xattrs().getAttributeSync(join(root, 'etc', rel), name)?.toString('utf8').replace(/\0$/, '');
+    expect(get('kubernetes/kubelet.conf')).toBe('system_u:object_r:nipkubelet_conf_t:s0');
+    expect(get('kubernetes')).toBe('system_u:object_r:nipkubelet_conf_t:s0');
+    expect(get('kubernetes/kubelet.conf', 'user.keep')).toBe('me');
+    // Without a label the entry keeps what new had (here: none).
+    expect(get('issue')).toBeUndefined();
+  });
+});
