@@ -4,7 +4,7 @@
 //   - load a binary policy: one write(2) of the whole image to `load`;
 //   - ask the loaded policy what a helper would be allowed before running it: `create` computes
 //     the domain an exec transitions to, `access` the permissions between two contexts.
-import { closeSync, existsSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PivotError, isErrno } from './errors.ts';
 
@@ -39,7 +39,8 @@ export function loadPolicyImage(image: Buffer, source: string, selinuxfs = SELIN
   const path = join(selinuxfs, 'load');
   let fd: number;
   try {
-    fd = openSync(path, 'w');
+    // No O_CREAT/O_TRUNC: selinuxfs files are neither created nor truncated.
+    fd = openSync(path, constants.O_WRONLY);
   } catch (err) {
     throw new PivotError('verification', `cannot open ${path} to load the policy from ${source}: ${(err as Error).message}`, {
       path, fix: 'run the agent as root in a domain allowed security:load_policy (initrc_t and unconfined_service_t are)', cause: err,
