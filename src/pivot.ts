@@ -9,7 +9,8 @@
 // in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
 // in refresh or isolate is reported, and a rerun picks up from there (the state file and the
 // mount table say what is already done).
-import { statfsSync, existsSync, mkdirSync } from 'node:fs';
+import { statfsSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
 import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpoint } from './failpoints.ts';
@@ -148,6 +149,28 @@ function availableBytes(dir: string): number {
   return Number(s.bavail) * Number(s.bsize);
 }
 
+/**
+ * Bytes under `stagingDir` that the pull phase removes before it stages (an interrupted run's
+ * `.unpacked`, other images' trees): the space check counts them as free, or a retry after a
+ * failed unpack on a live ISO would be refused for room it is about to get back. Each inode once.
+ */
+export function reclaimableStagingBytes(stagingDir: string, keep: readonly string[]): number {
+  if (!existsSync(stagingDir)) return 0;
+  const seen = new Set<string>();
+  let total = 0;
+  const walk = (path: string): void => {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st) return;
+    const id = `${st.dev}:${st.ino}`;
+    if (seen.has(id)) return;
+    seen.add(id);
+    total += st.blocks * 512;
+    if (st.isDirectory()) for (const name of readdirSync(path)) walk(join(path, name));
+  };
+  for (const name of readdirSync(stagingDir)) if (!keep.includes(name)) walk(join(stagingDir, name));
+  return total;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signals. Before the switch nothing on the system has changed, and after /etc is applied the
 // pivot is complete, so a stop there exits at once. During mount and etc-apply the stop waits for
@@ -256,7 +279,8 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
 
     // 3. Pull and unpack into staging (reused when a previous run finished it).
-    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(availableBytes(cfg.stagingDir), image.compressedBytes, cfg.spaceFactor);
+    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(
+      availableBytes(cfg.stagingDir) + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]), image.compressedBytes, cfg.spaceFactor);
     if (shortfall) {
       throw new PivotError('preflight', shortfall, {
         path: cfg.stagingDir,
