@@ -56,8 +56,11 @@ describe('vm smoke: enforcing live VM', () => {
     expect(r.stdout).toMatch(/:etc_runtime_t:s0 \/etc\/nip-new\n/);
     expect(r.stdout).toMatch(/:var_run_t:s0 \/run\n/);
     expect(r.stdout).toMatch(/:bin_t:s0 \/usr\/local\/bin\/node-image-pivot\n/);
-    // restorecon against the loaded policy finds nothing to change on the top of the tree.
+    // restorecon against the loaded policy finds nothing to change on the top of the tree; and
+    // its report does reach us (it runs as setfiles_t), as a mislabelled file shows.
     expect((await vm.sh('restorecon -n -v / /etc /usr /usr/local /usr/local/bin/node-image-pivot')).stdout).toBe('');
+    const probe = await vm.sh('touch /etc/nip-probe && chcon -t tmp_t /etc/nip-probe && restorecon -n -v /etc/nip-probe');
+    expect(probe.stdout, probe.stderr).toMatch(/Would relabel \/etc\/nip-probe from .*:tmp_t:s0 to .*:etc_t:s0/);
   });
 
   it('runs a command as a service under the guest systemd, in the domain services get (initrc_t)', async () => {

@@ -29,16 +29,14 @@ export class AgentChannel {
   /** Connects to qemu's chardev socket, waiting for qemu to create it (while `alive()`). */
   async connect(path: string, alive: () => boolean, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (!existsSync(path)) {
-      if (!alive()) throw new Error('qemu exited before creating the agent socket');
-      if (Date.now() > deadline) throw new Error(`qemu did not create ${path} within ${timeoutMs} ms`);
-      await sleep(50);
+    let socket: Socket | undefined;
+    // The socket file appears at bind(), a moment before qemu listens: retry a refused connect.
+    while (!socket) {
+      if (!alive()) throw new Error('qemu exited before its agent socket accepted a connection');
+      if (Date.now() > deadline) throw new Error(`qemu's agent socket ${path} accepted no connection within ${timeoutMs} ms`);
+      if (existsSync(path)) socket = await tryConnect(path);
+      if (!socket) await sleep(50);
     }
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
     socket.on('error', () => this.failAll(new Error('agent channel error')));
@@ -90,6 +88,17 @@ export class AgentChannel {
     this.closed = true;
     this.socket?.destroy();
   }
+}
+
+async function tryConnect(path: string): Promise<Socket | undefined> {
+  const socket = connect(path);
+  return new Promise((resolve) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('error', () => {
+      socket.destroy();
+      resolve(undefined);
+    });
+  });
 }
 
 /** Quotes argv for bash. */
