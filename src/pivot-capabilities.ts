@@ -14,6 +14,7 @@ import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtc
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { readMountinfo } from './mountinfo.ts';
 import { etcLabels, labelStagedTree } from './selinux.ts';
+import { spawnInOwnDomain } from './selinux-kernel.ts';
 import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
@@ -54,9 +55,10 @@ async function bindBootedUsr(paths: HostPaths): Promise<void> {
   if (await isMountpoint(paths.bootedUsr)) return;
   try {
     mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
-    await execa('mount', ['--bind', paths.usr, paths.bootedUsr]);
-    await execa('mount', ['--make-private', paths.bootedUsr]);
-    await execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]);
+    // In the agent's own domain, as all of its mounts (src/selinux-kernel.ts spawnInOwnDomain).
+    await spawnInOwnDomain(() => execa('mount', ['--bind', paths.usr, paths.bootedUsr]));
+    await spawnInOwnDomain(() => execa('mount', ['--make-private', paths.bootedUsr]));
+    await spawnInOwnDomain(() => execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]));
   } catch (err) {
     const detail = (err as { stderr?: string; message?: string }).stderr?.trim() || (err as Error).message;
     throw new PivotError('mount', `cannot keep the booted ${paths.usr} visible at ${paths.bootedUsr}: ${detail}`, {

@@ -4,7 +4,7 @@
 //   - load a binary policy: one write(2) of the whole image to `load`;
 //   - ask the loaded policy what a helper would be allowed before running it: `create` computes
 //     the domain an exec transitions to, `access` the permissions between two contexts.
-import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PivotError, isErrno } from './errors.ts';
 
@@ -121,5 +121,31 @@ export function currentContext(): string | undefined {
     return readFileSync('/proc/self/attr/current', 'utf8').replace(/\0/g, '').trim() || undefined;
   } catch {
     return undefined;
+  }
+}
+
+const EXEC_ATTR = '/proc/thread-self/attr/exec';
+
+/**
+ * Starts a helper in the agent's own domain instead of the one its file type transitions to.
+ * mount(8) is mount_exec_t, and mount_t may only mount on mountpoint types (not on the
+ * directories the agent makes under /run, initrc_runtime_t, nor on a staged modules_object_t
+ * directory) and may not write the agent's stdio; the agent's domain, which does the pivot
+ * anyway, may. `spawn` must start its process synchronously (child_process and execa do): the
+ * exec context is per thread and is cleared again right after.
+ */
+export function spawnInOwnDomain<T>(spawn: () => T, selinuxfs = SELINUX_FS): T {
+  const self = existsSync(join(selinuxfs, 'enforce')) ? currentContext() : undefined;
+  if (!self) return spawn();
+  try {
+    writeFileSync(EXEC_ATTR, self);
+  } catch {
+    return spawn();
+  }
+  try {
+    return spawn();
+  } finally {
+    // A lone newline resets the exec context (selinux_setprocattr).
+    writeFileSync(EXEC_ATTR, '\n');
   }
 }
