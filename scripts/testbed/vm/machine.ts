@@ -257,8 +257,10 @@ export class Vm {
   /** Reboots the guest in place (needs allowReboot) and waits until the agent of the new boot answers. */
   async reboot(timeoutMs = 600_000): Promise<void> {
     const before = this.bootId;
-    await this.exec(['systemctl', 'reboot', '--no-block'], { direct: true });
+    // The reply may never come: the shutdown can stop the agent before it writes it.
+    const sent = this.agent.run('exec systemctl reboot --no-block', { timeoutMs: 60_000 }).catch(() => undefined);
     this.bootId = await this.waitForAgent(timeoutMs, before);
+    await sent;
   }
 
   /** Collects journal and audit, `systemctl poweroff`, then SIGTERM/SIGKILL of qemu by PID. Idempotent. */
@@ -266,7 +268,8 @@ export class Vm {
     if (this.running) {
       try {
         if (!this.collected) await this.collect();
-        await this.exec(['systemctl', 'poweroff', '--no-block'], { direct: true, timeoutMs: 60_000 });
+        // Not awaited: the shutdown may stop the agent before it answers; qemu's exit is the answer.
+        void this.agent.run('exec systemctl poweroff --no-block', { timeoutMs: 60_000 }).catch(() => undefined);
       } catch {
         // the agent is gone: qemu gets killed below
       }

@@ -14,9 +14,9 @@
 //     },
 //   });
 //   await vm.waitForUnit('multi-user.target', 'active');
-//   const r = await vm.exec(['id', '-Z']);                  // systemd-run --wait --pipe in the guest
+//   const r = await vm.exec(['id', '-Z']);                  // systemd-run --wait in the guest (PID 1 opens the stdio files)
 //   r.stdout, r.stderr, r.exitCode                          // never throws on exit != 0
-//   await vm.sh('getenforce');                              // bash -c in the agent (initrc_t, no unit)
+//   await vm.sh('getenforce');                              // bash -c in the agent (initrc_t, no unit; stdio are pipes)
 //   await vm.journal('node-image-pivot.service');          // short-monotonic text
 //   await vm.audit();                                       // AVC / SELINUX_ERR lines
 //   await vm.reboot();                                      // needs allowReboot: true
