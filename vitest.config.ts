@@ -2,8 +2,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
-// Two projects: "unit" runs everywhere in temp dirs and namespaces; "e2e" boots the nspawn
-// machine and needs root plus the Debian packages from scripts/testbed/install-deps.sh.
+// Three projects: "unit" runs everywhere in temp dirs and namespaces; "e2e" boots the nspawn
+// machine and "vm" boots qemu VMs (scripts/testbed/vm); both need root plus the Debian packages
+// from scripts/testbed/install-deps.sh.
 export default defineConfig({
   test: {
     projects: [
@@ -11,7 +12,7 @@ export default defineConfig({
         test: {
           name: 'unit',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/e2e/**'],
+          exclude: ['test/e2e/**', 'test/vm/**'],
           testTimeout: 60_000,
           hookTimeout: 120_000,
           pool: 'forks',
@@ -27,6 +28,20 @@ export default defineConfig({
           hookTimeout: 600_000,
           pool: 'forks',
           fileParallelism: false,
+        },
+      },
+      {
+        test: {
+          name: 'vm',
+          include: ['test/vm/**/*.test.ts'],
+          // TCG on a shared 2-core host: one VM at a time, after the other projects (groupOrder),
+          // and deadlines in minutes.
+          sequence: { groupOrder: 1 },
+          testTimeout: 1_800_000,
+          hookTimeout: 1_800_000,
+          pool: 'forks',
+          fileParallelism: false,
+          setupFiles: ['test/vm/helpers/teardown.ts'],
         },
       },
     ],

@@ -13,6 +13,7 @@ import { PivotError, isErrno } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
 import { readMountinfo, topMountAt } from './mountinfo.ts';
+import { spawnInOwnDomain } from './selinux-kernel.ts';
 
 /** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
 export type UsrMountMode = 'bind' | 'overlay';
@@ -260,7 +261,7 @@ async function runOp(op: MountOp): Promise<void> {
     return;
   }
   const [cmd, args] = mountArgv(op)!;
-  const r = await execa(cmd, args, { reject: false, stdin: 'ignore', all: true });
+  const r = await spawnInOwnDomain(() => execa(cmd, args, { reject: false, stdin: 'ignore', all: true }));
   if (r.exitCode !== 0) {
     const why = (r.all ?? '').trim().split('\n')[0] || `exit ${String(r.exitCode)}`;
     const path = 'target' in op ? op.target : '';

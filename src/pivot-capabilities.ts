@@ -13,7 +13,8 @@ import { pullToDest, type PullToDestSummary } from './unpack/index.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { readMountinfo } from './mountinfo.ts';
-import { labelStagedTree, planLabel, policyChanged, reloadPolicyArgv, selinuxEnabled } from './selinux.ts';
+import { etcLabels, labelStagedTree } from './selinux.ts';
+import { spawnInOwnDomain } from './selinux-kernel.ts';
 import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
@@ -64,9 +65,10 @@ async function bindBootedUsr(paths: HostPaths): Promise<void> {
   if (await isMountpoint(paths.bootedUsr)) return;
   try {
     mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
-    await execa('mount', ['--bind', paths.usr, paths.bootedUsr]);
-    await execa('mount', ['--make-private', paths.bootedUsr]);
-    await execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]);
+    // In the agent's own domain, as all of its mounts (src/selinux-kernel.ts spawnInOwnDomain).
+    await spawnInOwnDomain(() => execa('mount', ['--bind', paths.usr, paths.bootedUsr]));
+    await spawnInOwnDomain(() => execa('mount', ['--make-private', paths.bootedUsr]));
+    await spawnInOwnDomain(() => execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]));
   } catch (err) {
     const detail = (err as { stderr?: string; message?: string }).stderr?.trim() || (err as Error).message;
     throw new PivotError('mount', `cannot keep the booted ${paths.usr} visible at ${paths.bootedUsr}: ${detail}`, {
@@ -80,6 +82,9 @@ async function bindBootedUsr(paths: HostPaths): Promise<void> {
 
 export function realCapabilities(): PivotCapabilities {
   let pinned: string | undefined;
+  // Set by label(): the node image's file_contexts, loaded by then, which labels what the /etc
+  // merge writes (new's copies carry the labels of their place in the image, /usr/etc).
+  let fileContexts: string | undefined;
 
   const caps: PivotCapabilities = {
     stagedPath: (cfg, digest) => join(cfg.stagingDir, hex(digest)),
@@ -167,7 +172,9 @@ export function realCapabilities(): PivotCapabilities {
     },
 
     async label(cfg, staged) {
-      return labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux });
+      const r = await labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux });
+      fileContexts = r.fileContexts;
+      return r;
     },
 
     async planEtc(cfg, staged) {
@@ -202,21 +209,16 @@ export function realCapabilities(): PivotCapabilities {
     },
 
     async applyEtc(plan) {
-      const r = await applyEtcMerge(plan as EtcPlan);
-      return { applied: r.applied, ...r.counts };
+      const p = plan as EtcPlan;
+      const labels = fileContexts ? await etcLabels(fileContexts, p.actions) : undefined;
+      const r = await applyEtcMerge(p, labels ? { labels } : {});
+      return { applied: r.applied, ...r.counts, ...(labels ? { labelled: labels.size } : {}) };
     },
 
-    async refresh(cfg, staged) {
-      const facts: Record<string, unknown> = { ...(await withManager((mgr) => refreshSystemd(mgr, { restartUnits: cfg.restartUnits }))) };
-      if (cfg.selinux !== 'off' && (await selinuxEnabled())) {
-        const type = planLabel({ stagedRoot: staged.root }).policyType;
-        if (await policyChanged(join(hostPaths(cfg).bootedUsr, 'etc/selinux', type), join('/etc/selinux', type))) {
-          const [cmd, ...args] = reloadPolicyArgv({ hasModuleStore: existsSync(join('/var/lib/selinux', type)) });
-          await execa(cmd, args);
-          return { ...facts, policyReloaded: true };
-        }
-      }
-      return facts;
+    async refresh(cfg) {
+      // The node image's policy was loaded in phase selinux, before anything was labelled with it,
+      // so Reload() here also makes PID 1 pick up the new file_contexts for what it creates.
+      return { ...(await withManager((mgr) => refreshSystemd(mgr, { restartUnits: cfg.restartUnits }))) };
     },
 
     async settle() {

@@ -1,13 +1,16 @@
 // The pivot, phase by phase. Each phase is one call into a capability; this file is the story:
 //
-//   preflight -> resolve -> pull -> selinux -> etc-plan -> mount -> etc-apply -> refresh -> isolate
+//   preflight -> resolve -> pull -> etc-plan -> selinux -> mount -> etc-apply -> refresh -> isolate
 //
 // Everything that can fail for a reason outside our control happens before `mount`. From `mount`
 // on, the system changes, and the rule is: /usr all old or all new, /etc untouched or merged.
-// A failure in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
+// `selinux` may load the node image's policy (its types must exist before anything is labelled
+// with them); from there until /etc is applied, a failure puts the booted policy back. A failure
+// in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
 // in refresh or isolate is reported, and a rerun picks up from there (the state file and the
 // mount table say what is already done).
-import { statfsSync, existsSync, mkdirSync } from 'node:fs';
+import { statfsSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
 import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpoint } from './failpoints.ts';
@@ -43,7 +46,8 @@ export interface EtcPlanSummary {
 export interface PivotCapabilities {
   resolve(cfg: Config): Promise<ResolvedImage>;
   pull(cfg: Config, image: ResolvedImage, progress: Progress): Promise<StagedTree>;
-  label(cfg: Config, staged: StagedTree): Promise<{ skipped?: string; facts?: Record<string, unknown> }>;
+  /** Loads the node image's policy if it differs, then labels the staged tree; `undo` puts the booted policy back. */
+  label(cfg: Config, staged: StagedTree): Promise<{ skipped?: string; facts?: Record<string, unknown>; undo?: () => Promise<void> }>;
   planEtc(cfg: Config, staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
   /** Returns an undo handle. The visible switch must be one mount. */
   mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
@@ -145,12 +149,34 @@ function availableBytes(dir: string): number {
   return Number(s.bavail) * Number(s.bsize);
 }
 
+/**
+ * Bytes under `stagingDir` that the pull phase removes before it stages (an interrupted run's
+ * `.unpacked`, other images' trees): the space check counts them as free, or a retry after a
+ * failed unpack on a live ISO would be refused for room it is about to get back. Each inode once.
+ */
+export function reclaimableStagingBytes(stagingDir: string, keep: readonly string[]): number {
+  if (!existsSync(stagingDir)) return 0;
+  const seen = new Set<string>();
+  let total = 0;
+  const walk = (path: string): void => {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st) return;
+    const id = `${st.dev}:${st.ino}`;
+    if (seen.has(id)) return;
+    seen.add(id);
+    total += st.blocks * 512;
+    if (st.isDirectory()) for (const name of readdirSync(path)) walk(join(path, name));
+  };
+  for (const name of readdirSync(stagingDir)) if (!keep.includes(name)) walk(join(stagingDir, name));
+  return total;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signals. Before the switch nothing on the system has changed, and after /etc is applied the
 // pivot is complete, so a stop there exits at once. During mount and etc-apply the stop waits for
 // the step to finish, then the normal failure path makes the system all old again.
 
-const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['mount', 'etc-apply']);
+const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['selinux', 'mount', 'etc-apply']);
 const run = { phase: undefined as PhaseName | undefined, stopRequested: undefined as string | undefined, recorder: undefined as StateRecorder | undefined };
 
 function stateError(e: PivotError): StateError {
@@ -192,6 +218,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId });
   run.recorder = rec;
   let undoMount: (() => Promise<void>) | undefined;
+  let undoPolicy: (() => Promise<void>) | undefined;
 
   const phase = async <T>(name: PhaseName, fn: () => Promise<T>, facts?: (t: T) => Record<string, unknown>): Promise<T> => {
     if (run.stopRequested) throw interruptedError(run.stopRequested);
@@ -255,7 +282,8 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
 
     // 3. Pull and unpack into staging (reused when a previous run finished it).
-    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(availableBytes(cfg.stagingDir), image.compressedBytes, cfg.spaceFactor);
+    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(
+      availableBytes(cfg.stagingDir) + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]), image.compressedBytes, cfg.spaceFactor);
     if (shortfall) {
       throw new PivotError('preflight', shortfall, {
         path: cfg.stagingDir,
@@ -265,14 +293,16 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
     const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({ reused: s.reused, ...s.facts }));
 
-    // 4. Label with the new image's own policy, before anything is visible.
-    const labelled = await phase('selinux', () => caps.label(cfg, staged), (l) => ({ ...(l.skipped ? { skipped: l.skipped } : {}), ...l.facts }));
-    if (labelled.skipped) log().info(`SELinux labelling skipped: ${labelled.skipped}`);
-
-    // 5. Plan /etc. A conflict stops here, before anything changes.
+    // 4. Plan /etc. A conflict stops here, before anything changes.
     const etc = await phase('etc-plan', () => caps.planEtc(cfg, staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));
     for (const w of etc.summary.warnings) log().warn({ phase: 'etc-plan' }, w);
     if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.summary, stagedRoot: staged.root } };
+
+    // 5. SELinux: the node image's policy is loaded (when it differs) and labels the staged tree,
+    // before anything is visible. Until /etc is applied, a failure puts the booted policy back.
+    const labelled = await phase('selinux', () => caps.label(cfg, staged), (l) => ({ ...(l.skipped ? { skipped: l.skipped } : {}), ...l.facts }));
+    undoPolicy = labelled.undo;
+    if (labelled.skipped) log().info(`SELinux labelling skipped: ${labelled.skipped}`);
 
     // 6-7. The switch: mount /usr, then apply /etc. Until /etc is applied, any failure (the
     // catch below) unmounts /usr again, so the system stays all old.
@@ -284,6 +314,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
     await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
     undoMount = undefined;
+    undoPolicy = undefined;
     failpoint('pivot.switched');
 
     // 8. Make systemd see the new /usr: reload units, create users and dirs, restart units.
@@ -302,6 +333,10 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     if (undoMount) {
       log().error('the pivot failed after /usr was switched but before /etc was applied: unmounting the new /usr so the system stays all old');
       await undoMount().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'unmounting /usr after a failure failed too'));
+    }
+    if (undoPolicy) {
+      log().error('the pivot failed after the node image\'s SELinux policy was loaded: putting the booted policy back, with the booted /usr');
+      await undoPolicy().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'putting the booted SELinux policy back failed too'));
     }
     rec?.finish('failed', { error: stateError(e) });
     progress.phase('failed', e.oneLine());

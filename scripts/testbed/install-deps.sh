@@ -5,6 +5,7 @@ set -euo pipefail
 PACKAGES=(systemd-container mmdebstrap docker-registry skopeo umoci podman ostree zstd
   dbus-daemon dbus util-linux iproute2 openssl apache2-utils attr e2fsprogs rsync
   systemd selinux-utils policycoreutils
+  qemu-system-x86 squashfs-tools socat checkpolicy semodule-utils setools  # the VM bed (scripts/testbed/vm)
   python3-minimal time)  # python3-minimal: the notify test receives sd_notify datagrams with it; time: GNU time for the bench
 missing=()
 for p in "${PACKAGES[@]}"; do

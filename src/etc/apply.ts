@@ -24,7 +24,15 @@ export interface EtcApplyOptions {
   journalDir?: string;
   /** fdatasync the journal after every record, so it survives a power cut too (default true). */
   durable?: boolean;
+  /**
+   * SELinux contexts for the entries the merge writes, by path relative to current. Such an entry
+   * gets this label instead of new's security.selinux: new's copy was labelled for its place in
+   * the image (/usr/etc), not for /etc. See src/selinux.ts etcLabels.
+   */
+  labels?: ReadonlyMap<string, string>;
 }
+
+const SELINUX_XATTR = 'security.selinux';
 
 export interface EtcApplyResult {
   applied: number;
@@ -110,31 +118,33 @@ function verify(plan: EtcPlan, a: EtcAction, abs: string): void {
   if (planned !== now.size) throw staleError(a.path, 'entries were added below a directory to be replaced');
 }
 
-function copyXattrs(src: string, dst: string, isSymlink: boolean): void {
+function copyXattrs(src: string, dst: string, isSymlink: boolean, label: string | undefined): void {
   const x = xattrs();
-  for (const [name, value] of readXattrs(src)) {
+  const attrs = readXattrs(src);
+  if (label !== undefined) attrs.set(SELINUX_XATTR, Buffer.from(`${label}\0`));
+  for (const [name, value] of attrs) {
     // The kernel refuses user.* on symlinks; the source cannot really have them either.
     if (isSymlink && name.startsWith('user.')) continue;
     try {
       x.setAttributeSync(dst, name, value);
     } catch (err) {
-      throw new PivotError('etc-merge', `cannot copy xattr ${name}: ${(err as Error).message}`, {
+      throw new PivotError('etc-merge', `cannot ${name === SELINUX_XATTR && label !== undefined ? `label with ${label}` : `copy xattr ${name}`}: ${(err as Error).message}`, {
         path: dst,
-        fix: 'check that the filesystem of /etc supports this extended attribute',
+        fix: name === SELINUX_XATTR ? 'load the node image\'s policy first (the agent does, in phase selinux) and run the agent in a domain that may relabel /etc' : 'check that the filesystem of /etc supports this extended attribute',
         cause: err,
       });
     }
   }
 }
 
-/** Builds the entry from new at `stage`, with new's owner, mode and xattrs. */
-function stageFromNew(src: string, stage: string, e: EtcEntry): void {
+/** Builds the entry from new at `stage`, with new's owner, mode and xattrs (and label, if given). */
+function stageFromNew(src: string, stage: string, e: EtcEntry, label: string | undefined): void {
   if (e.type === 'file') copyFileSync(src, stage, constants.COPYFILE_EXCL);
   else if (e.type === 'symlink') symlinkSync(e.target as string, stage);
   else mkdirSync(stage, { mode: 0o700 });
   lchownSync(stage, e.uid, e.gid);
   if (e.type !== 'symlink') chmodSync(stage, e.mode);
-  copyXattrs(src, stage, e.type === 'symlink');
+  copyXattrs(src, stage, e.type === 'symlink', label);
 }
 
 export async function applyEtcMerge(plan: EtcPlan, opts: EtcApplyOptions = {}): Promise<EtcApplyResult> {
@@ -175,7 +185,7 @@ export async function applyEtcMerge(plan: EtcPlan, opts: EtcApplyOptions = {}): 
           const was = a.action === 'add' ? undefined : a.was;
           const stage = join(dirname(abs), `.nip-stage.${token}.${i}`);
           journal.append({ i, op: 'create', path: a.path, stage, was: was !== undefined, wasDir: was?.type === 'dir' });
-          stageFromNew(join(plan.roots.new, a.path), stage, a.entry);
+          stageFromNew(join(plan.roots.new, a.path), stage, a.entry, opts.labels?.get(a.path));
           if (was && was.type !== 'dir') linkSync(abs, backup);
           failpoint('etc.apply.action');
           if (!was) {

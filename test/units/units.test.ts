@@ -50,6 +50,10 @@ describe('systemd-analyze verify', () => {
     cpSync('/usr/lib/systemd/system', join(dir, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true });
     mkdirSync(join(dir, 'var/usrlocal/bin'), { recursive: true });
     symlinkSync('../var/usrlocal', join(dir, 'usr/local'));
+    // ExecStopPost= runs /bin/sh.
+    mkdirSync(join(dir, 'bin'), { recursive: true });
+    writeFileSync(join(dir, 'bin/sh'), '');
+    chmodSync(join(dir, 'bin/sh'), 0o755);
     if (withAgent) {
       writeFileSync(join(dir, 'var/usrlocal/bin/node-image-pivot'), '#!/bin/sh\n');
       chmodSync(join(dir, 'var/usrlocal/bin/node-image-pivot'), 0o755);
@@ -118,6 +122,34 @@ describe('what the units promise', () => {
     const o = unit('node-image-overlay.service');
     expect(words(o, 'Unit', 'Before')).toEqual(expect.arrayContaining(['kubelet.service', 'crio.service', 'bootkube.service']));
     expect(o.Service!.Type).toEqual(['oneshot']);
+  });
+
+  // The script of ExecStopPost=/bin/sh -c '...', as systemd hands it to sh ($$ is a literal $).
+  function stopPostScript(name: string): string {
+    const value = unit(name).Service!.ExecStopPost![0]!;
+    const m = /^\/bin\/sh -c '(.*)'$/.exec(value);
+    expect(m, value).not.toBeNull();
+    return m![1]!.replaceAll('$$', '$');
+  }
+
+  const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-m', 'true']).status === 0;
+  it.skipIf(!canUnshare)('after a V8 crash under enforcing SELinux with allow_execmem off, ExecStopPost prints the cause and fix in one line', () => {
+    for (const name of ['node-image-pivot.service', 'node-image-overlay.service']) {
+      const script = stopPostScript(name);
+      expect(() => execFileSync('dash', ['-n', '-c', script])).not.toThrow();
+      // A stand-in selinuxfs over /sys/fs in a private mount namespace.
+      const run = (status: string, enforce: string, execmem: string | undefined): string => execFileSync('unshare', ['-m', 'sh', '-c', [
+        'mount -t tmpfs none /sys/fs', 'mkdir -p /sys/fs/selinux/booleans', `echo ${enforce} > /sys/fs/selinux/enforce`,
+        ...(execmem === undefined ? [] : [`echo "${execmem} ${execmem}" > /sys/fs/selinux/booleans/allow_execmem`]),
+        'EXIT_STATUS="$1" sh -c "$2"',
+      ].join(' && '), 'sh', status, script], { encoding: 'utf8' });
+      const denied = run('TRAP', '1', '0');
+      expect(denied.split('\n').filter(Boolean)).toHaveLength(1);
+      expect(denied).toMatch(/^<3>node-image-pivot: .*execmem.*allow_execmem is off.*Fix: setsebool -P allow_execmem on/);
+      expect(run('TRAP', '1', '1')).toMatch(/crashed \(SIGTRAP\).*Fix: /);
+      expect(run('TRAP', '0', '0')).toBe('');
+      expect(run('1', '1', '0')).toBe('');
+    }
   });
 
   it('the generator is POSIX sh (dash parses it)', () => {
