@@ -10,7 +10,7 @@ import { lstatSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:f
 import { isAbsolute, join, normalize, posix } from 'node:path';
 import { execa } from 'execa';
 import { PivotError, isErrno } from './errors.ts';
-import { failpoint } from './failpoints.ts';
+import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { readMountinfo, topMountAt } from './mountinfo.ts';
 
@@ -295,11 +295,11 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
   let workMounted = false;
   try {
     for (const op of plan.prepare) {
-      failpoint('mount.prepare');
+      await failpointAsync('mount.prepare');
       await runOp(op);
       if (op.op === 'bind' && op.target === plan.workDir) workMounted = true;
     }
-    failpoint('mount.switch');
+    await failpointAsync('mount.switch');
     await runOp(plan.switch);
   } catch (err) {
     // The target was never touched; drop whatever was assembled so no stray mount stays behind.
@@ -311,7 +311,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
   }
   const result: MountResult = { plan };
   try {
-    failpoint('mount.switched');
+    await failpointAsync('mount.switched');
     for (const op of plan.finish) await runOp(op);
     workMounted = false;
     if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
@@ -346,7 +346,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
 export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy' | 'not-mounted'> {
   const { plan } = result;
   try {
-    failpoint('mount.undo');
+    await failpointAsync('mount.undo');
     if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
       log().warn({ phase: 'mount', target: plan.target }, `${plan.target} does not show the staged usr; nothing to undo`);
       return 'not-mounted';

@@ -10,7 +10,7 @@
 import { statfsSync, existsSync, mkdirSync } from 'node:fs';
 import type { Config } from './config.ts';
 import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
-import { failpoint } from './failpoints.ts';
+import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
@@ -151,7 +151,13 @@ function availableBytes(dir: string): number {
 // the step to finish, then the normal failure path makes the system all old again.
 
 const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['mount', 'etc-apply']);
-const run = { phase: undefined as PhaseName | undefined, stopRequested: undefined as string | undefined, recorder: undefined as StateRecorder | undefined };
+/** This process's run, for the signal handler. runPivot resets it; `finished` once the state file says done or skipped. */
+const run = {
+  phase: undefined as PhaseName | undefined,
+  stopRequested: undefined as string | undefined,
+  recorder: undefined as StateRecorder | undefined,
+  finished: false,
+};
 
 function stateError(e: PivotError): StateError {
   return {
@@ -168,9 +174,15 @@ function interruptedError(signal: string): PivotError {
 
 /**
  * Called from the signal handler. Returns 'now' when the caller may exit immediately (the state
- * file already says why), 'deferred' when the current step must finish first.
+ * file already says why), 'deferred' when the current step must finish first, 'finished' when
+ * the pivot is complete already (only the final reload was left): a success, and the state file
+ * keeps saying so, or the generator would send the boot back into the pivot target.
  */
-export function requestStop(signal: string): 'now' | 'deferred' {
+export function requestStop(signal: string): 'now' | 'deferred' | 'finished' {
+  if (run.finished) {
+    log().warn(`${signal} received after the pivot finished: leaving the state file as it is`);
+    return 'finished';
+  }
   run.stopRequested = signal;
   if (run.phase && CRITICAL_PHASES.has(run.phase)) {
     log().warn({ phase: run.phase }, `${signal} received during ${run.phase}: finishing this step first`);
@@ -190,7 +202,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const bootId = readBootId();
   const attempt = attemptNumber(prior, bootId);
   const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId });
-  run.recorder = rec;
+  Object.assign(run, { phase: undefined, stopRequested: undefined, recorder: rec, finished: false });
   let undoMount: (() => Promise<void>) | undefined;
 
   const phase = async <T>(name: PhaseName, fn: () => Promise<T>, facts?: (t: T) => Record<string, unknown>): Promise<T> => {
@@ -199,7 +211,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     progress.phase(name);
     log().info({ phase: name }, `phase ${name} started`);
     const record = rec?.startPhase(name);
-    failpoint(`phase.${name}`);
+    await failpointAsync(`phase.${name}`);
     try {
       const out = await fn();
       const f = facts?.(out);
@@ -284,7 +296,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
     await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
     undoMount = undefined;
-    failpoint('pivot.switched');
+    await failpointAsync('pivot.switched');
 
     // 8. Make systemd see the new /usr: reload units, create users and dirs, restart units.
     await phase('refresh', () => caps.refresh(cfg, staged), (f) => f);
@@ -294,6 +306,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     else skipPhase('isolate', 'service mode (--no-isolate)');
 
     rec!.finish('done');
+    run.finished = true;
     if (req.isolate) await settle(caps);
     await progress.ready(`pivoted to ${image.manifestDigest}`);
     return { result: 'done', state: rec!.state };
@@ -323,6 +336,7 @@ async function finishSkipped(req: PivotRequest, rec: StateRecorder, skip: { kind
   log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
   if (req.isolate) await req.caps.isolate(req.cfg);
   rec.finish('skipped', { skipReason: skip.reason, skipKind: skip.kind });
+  run.finished = true;
   if (req.isolate) await settle(req.caps);
   await req.progress.ready(`skipped: ${skip.reason}`);
   return { result: 'skipped', reason: skip.reason, state: rec.state };
