@@ -51,6 +51,8 @@ export interface PivotCapabilities {
   usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
   applyEtc(plan: unknown): Promise<Record<string, unknown>>;
   recoverEtc(): Promise<'none' | 'rolled-back'>;
+  /** Detaches the mounts a crashed run left at the agent's own mount points; returns them. */
+  recoverMounts(cfg: Config): Promise<string[]>;
   /** Whether a crashed run left an /etc journal, without touching it. */
   pendingEtcJournal(): 'none' | 'pending';
   refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
@@ -238,11 +240,12 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     const pre = await phase('preflight', async () => {
       // A dry run changes nothing, not even a rollback: it reports a pending journal instead.
       const recovered = req.dryRun ? caps.pendingEtcJournal() : await caps.recoverEtc();
+      const detached = req.dryRun ? [] : await caps.recoverMounts(cfg);
       if (recovered === 'pending') log().warn('an interrupted /etc apply is pending; the next real run rolls it back before planning');
       const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(p)));
       const configured = cfg.image ?? cfg.releaseImage;
-      return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
-    }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
+      return { recovered, detached, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
+    }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip, ...(p.detached.length ? { detachedMounts: p.detached } : {}) }));
     // After a failure the unit does not retry, a rerun is someone fixing the cause: no waiting.
     const notRetried = prior?.error !== undefined && NOT_RETRIED_EXIT_CODES.includes(prior.error.exitCode as ExitCode);
     const delay = req.dryRun || pre.decision.skip || notRetried ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);

@@ -28,6 +28,7 @@ function caps(over: Partial<PivotCapabilities> = {}): PivotCapabilities {
     usrIsPivotedTo: async () => false,
     applyEtc: async () => ({}),
     recoverEtc: async () => 'none',
+    recoverMounts: async () => [],
     pendingEtcJournal: () => 'none',
     refresh: async () => ({}),
     isolate: async () => ({}),
