@@ -310,6 +310,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
 
     rec!.finish('done');
     run.finished = true;
+    await failpointAsync('pivot.done');
     if (req.isolate) await settle(caps);
     await progress.ready(`pivoted to ${image.manifestDigest}`);
     return { result: 'done', state: rec!.state };
