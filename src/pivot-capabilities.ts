@@ -75,6 +75,18 @@ async function isMountpoint(path: string): Promise<boolean> {
   return readMountinfo().some((m) => m.mountPoint === path);
 }
 
+/** Runs semodule -R or load_policy; a failure is a SELinux error (exit 11), with its last line. */
+export async function reloadPolicy(argv: [string, ...string[]], type: string): Promise<void> {
+  const [cmd, ...args] = argv;
+  const r = await execa(cmd, args, { reject: false, stdin: 'ignore', all: true });
+  if (!r.failed) return;
+  const why = (r.all ?? '').trim().split('\n').filter(Boolean).at(-1) ?? (r.exitCode === undefined ? `cannot run ${cmd}` : `exit ${r.exitCode}`);
+  throw new PivotError('selinux', `${argv.join(' ')} failed loading the new ${type} policy: ${why}`, {
+    path: join('/etc/selinux', type),
+    fix: `run '${argv.join(' ')}' by hand to see why; the new /usr and /etc are in place, and a rerun retries the reload`,
+  });
+}
+
 export function realCapabilities(): PivotCapabilities {
   let pinned: string | undefined;
 
@@ -148,8 +160,10 @@ export function realCapabilities(): PivotCapabilities {
       if (existsSync(join(unpacked, 'etc')) && !existsSync(join(unpacked, 'usr/etc'))) renameSync(join(unpacked, 'etc'), join(unpacked, 'usr/etc'));
       if (!existsSync(join(unpacked, 'usr'))) {
         rmSync(unpacked, { recursive: true, force: true });
-        throw new PivotError('verification', `image ${image.reference} has no usr/ directory`, {
-          fix: 'point image at a bootable node image (an OS image with /usr), not an application image',
+        // The digests matched: the config names the wrong kind of image (exit 2, not retried).
+        const field = cfg.image ? 'image' : 'releaseImage';
+        throw new PivotError('config', `image ${image.reference} has no usr/ directory`, {
+          field, fix: `point ${field} at a bootable node image (an OS image with /usr), not an application image`,
         });
       }
       renameSync(unpacked, root);
@@ -217,8 +231,7 @@ export function realCapabilities(): PivotCapabilities {
       if (cfg.selinux !== 'off' && (await selinuxEnabled())) {
         const type = planLabel({ stagedRoot: staged.root }).policyType;
         if (await policyChanged(join(hostPaths(cfg).bootedUsr, 'etc/selinux', type), join('/etc/selinux', type))) {
-          const [cmd, ...args] = reloadPolicyArgv({ hasModuleStore: existsSync(join('/var/lib/selinux', type)) });
-          await execa(cmd, args);
+          await reloadPolicy(reloadPolicyArgv({ hasModuleStore: existsSync(join('/var/lib/selinux', type)) }), type);
           return { ...facts, policyReloaded: true };
         }
       }

@@ -9,7 +9,7 @@
 // mount table say what is already done).
 import { statfsSync, existsSync, mkdirSync } from 'node:fs';
 import type { Config } from './config.ts';
-import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
+import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, isErrno, type ExitCode } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
@@ -142,9 +142,27 @@ export function spaceShortfall(availableBytes: number, compressedBytes: number, 
 }
 
 function availableBytes(dir: string): number {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const s = statfsSync(dir);
-  return Number(s.bavail) * Number(s.bsize);
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const s = statfsSync(dir);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch (caught) {
+    // A recursive mkdir reports ENOENT for a read-only parent; a plain one says what is wrong.
+    let err = caught;
+    if (isErrno(err, 'ENOENT')) {
+      try {
+        mkdirSync(dir, { mode: 0o700 });
+      } catch (plain) {
+        err = plain;
+      }
+    }
+    // A read-only, full or foreign-owned staging filesystem is the node's setup, not a bug.
+    if (!isErrno(err, 'EROFS', 'ENOSPC', 'EDQUOT', 'EACCES', 'EPERM', 'ENOTDIR', 'ENOENT')) throw err;
+    throw new PivotError('preflight', `cannot use the staging directory: ${err.code} (${err.message})`, {
+      path: dir, cause: err,
+      fix: 'point stagingDir at a writable filesystem with room (a live ISO stages in RAM, under /run)',
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ export function newestPolicyBinary(view: TreeView, policyDir: string): string | 
 const SAFE_TYPE = /^[A-Za-z0-9_.-]+$/;
 
 function labelError(message: string, path: string, fix: string): PivotError {
-  return new PivotError('unpack', message, { path, fix, facts: { phase: 'selinux' } });
+  return new PivotError('selinux', message, { path, fix, facts: { phase: 'selinux' } });
 }
 
 /** Finds the staged image's own policy and builds the setfiles command for the staged tree. */
