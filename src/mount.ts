@@ -264,10 +264,8 @@ async function runOp(op: MountOp): Promise<void> {
   if (r.exitCode !== 0) {
     const why = (r.all ?? '').trim().split('\n')[0] || `exit ${String(r.exitCode)}`;
     const path = 'target' in op ? op.target : '';
-    const err = mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
+    throw mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
       'check the kernel log (dmesg) and that the agent runs as root in the host mount namespace (no MountFlags=, PrivateMounts=)');
-    (err.facts as Record<string, unknown>).busy = /busy/i.test(why);
-    throw err;
   }
 }
 
@@ -277,13 +275,19 @@ function asMountError(err: unknown, path: string, fix: string): PivotError {
   return mountError(message, path, fix, err);
 }
 
-/** Unmounts, falling back to a lazy detach when something holds files open under it. */
+/**
+ * Unmounts, falling back to a lazy detach when the mount is still there after a failed attempt
+ * (something holds files open under it). umount's exit status does not say EBUSY, and its text is
+ * not an interface, so the mount table decides.
+ */
 async function unmountTree(target: string): Promise<'clean' | 'lazy'> {
+  const ours = topMountAt(readMountinfo(), target)?.id;
   try {
     await runOp({ op: 'umount', target, recursive: true, lazy: false });
     return 'clean';
   } catch (err) {
-    if (!(err instanceof PivotError) || err.facts.busy !== true) throw err;
+    // Only the very mount we meant to remove may be detached lazily, never what lies under it.
+    if (ours === undefined || topMountAt(readMountinfo(), target)?.id !== ours) throw err;
     await runOp({ op: 'umount', target, recursive: true, lazy: true });
     return 'lazy';
   }
