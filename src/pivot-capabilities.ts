@@ -75,7 +75,7 @@ async function isMountpoint(path: string): Promise<boolean> {
   return readMountinfo().some((m) => m.mountPoint === path);
 }
 
-/** Runs semodule -R or load_policy; a failure is a SELinux error (exit 11), with its last line. */
+/** Runs semodule -R or load_policy; a failure is a SELinux error (exit 12), with its last line. */
 export async function reloadPolicy(argv: [string, ...string[]], type: string): Promise<void> {
   const [cmd, ...args] = argv;
   const r = await execa(cmd, args, { reject: false, stdin: 'ignore', all: true });
