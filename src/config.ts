@@ -160,7 +160,8 @@ const REFERENCE_FIELDS = ['authfile', 'registriesConf', 'certDir'] as const;
  */
 export function inConfigTerms(err: unknown, cfg: Config, source = 'the config'): unknown {
   if (!(err instanceof PivotError) || (err.kind !== 'usage' && err.kind !== 'config')) return err;
-  const reference = /^invalid image reference /.test(err.message);
+  // The reference parser's errors carry the text they refused; a CLI flag error carries none.
+  const reference = err.field === 'image' && typeof err.facts.reference === 'string';
   if (err.field !== undefined && !reference) return err;
   let field: string | undefined;
   for (const f of REFERENCE_FIELDS) {

@@ -18,6 +18,7 @@ export const ExitCode = {
   preflight: 9,
   interrupted: 10,
   busy: 11,
+  selinux: 12,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -38,6 +39,7 @@ export type ErrorKind =
   | 'preflight'
   | 'interrupted'
   | 'busy'
+  | 'selinux'
   | 'internal';
 
 const exitCodeByKind: Record<ErrorKind, ExitCode> = {
@@ -57,8 +59,20 @@ const exitCodeByKind: Record<ErrorKind, ExitCode> = {
   preflight: ExitCode.preflight,
   interrupted: ExitCode.interrupted,
   busy: ExitCode.busy,
+  selinux: ExitCode.selinux,
   internal: ExitCode.internal,
 };
+
+/**
+ * `status` reports the last run's result with codes of its own, apart from run's, so that a
+ * script can tell "status says the pivot failed" from "status itself failed with a usage error".
+ */
+export const StatusExitCode = {
+  /** Done, skipped, or not run this boot. */
+  ok: 0,
+  failed: 20,
+  running: 21,
+} as const;
 
 /**
  * The exit codes systemd does not retry: the units' RestartPreventExitStatus= lists exactly

@@ -3,16 +3,23 @@
 //   error    throw a PivotError of kind 'internal' (or the kind given as error=KIND)
 //   kill     SIGKILL this process: nothing gets to clean up, as in a power cut
 //   exit=N   exit immediately with code N
-//   sleep=MS block for MS milliseconds (to make SIGTERM races deterministic)
+//   sleep=MS block for MS milliseconds, event loop included, as a hung syscall would
+//   park     (async sites only) announce the park in NODE_IMAGE_PIVOT_PARKED_FILE, then wait with
+//            the event loop running until a stop signal arrives (or park=MS elapses, default
+//            10 min); a SIGTERM test waits for the file, signals, and knows where it landed
 //   @N       trigger on the N-th hit only (1-based); without it, on every hit
 // When the variable is unset, failpoint() is one Map lookup on an empty map.
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PivotError, type ErrorKind } from './errors.ts';
 
 export type FailpointAction =
   | { type: 'error'; kind: ErrorKind }
   | { type: 'kill' }
   | { type: 'exit'; code: number }
-  | { type: 'sleep'; ms: number };
+  | { type: 'sleep'; ms: number }
+  | { type: 'park'; ms: number };
 
 export interface FailpointSpec {
   name: string;
@@ -22,16 +29,23 @@ export interface FailpointSpec {
 }
 
 export const ENV_VAR = 'NODE_IMAGE_PIVOT_FAILPOINTS';
+/** Where `park` announces itself: one line `NAME HIT PID`. */
+export const PARKED_FILE_VAR = 'NODE_IMAGE_PIVOT_PARKED_FILE';
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
+export function parkedFile(): string {
+  return process.env[PARKED_FILE_VAR] || join(tmpdir(), 'node-image-pivot.parked');
+}
 
 /** Pure parser, so that a malformed spec is a usage error and not a silently ignored string. */
 export function parseFailpoints(spec: string): FailpointSpec[] {
   const out: FailpointSpec[] = [];
   for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const m = /^([a-z0-9_.-]+):(error|kill|exit|sleep)(?:=([a-z0-9-]+))?(?:@(\d+))?$/i.exec(raw);
+    const m = /^([a-z0-9_.-]+):(error|kill|exit|sleep|park)(?:=([a-z0-9-]+))?(?:@(\d+))?$/i.exec(raw);
     if (!m) {
       throw new PivotError('usage', `malformed failpoint ${JSON.stringify(raw)}`, {
         field: ENV_VAR,
-        fix: 'use name:error|kill|exit=N|sleep=MS[@HIT], comma-separated, or unset the variable',
+        fix: 'use name:error|kill|exit=N|sleep=MS|park[=MS][@HIT], comma-separated, or unset the variable',
       });
     }
     const [, name, type, arg, at] = m as unknown as [string, string, string, string | undefined, string | undefined];
@@ -45,6 +59,9 @@ export function parseFailpoints(spec: string): FailpointSpec[] {
         break;
       case 'exit':
         action = { type: 'exit', code: Number(arg ?? 1) };
+        break;
+      case 'park':
+        action = { type: 'park', ms: Number(arg ?? 600_000) };
         break;
       default:
         action = { type: 'sleep', ms: Number(arg ?? 1000) };
@@ -73,24 +90,54 @@ export function resetFailpoints(): void {
 }
 
 
+function matching(name: string): Array<[FailpointSpec, number]> {
+  armed ??= load();
+  if (armed.size === 0) return [];
+  const specs = armed.get(name);
+  if (!specs) return [];
+  const n = (hits.get(name) ?? 0) + 1;
+  hits.set(name, n);
+  return specs.filter((s) => s.at === undefined || s.at === n).map((s) => [s, n]);
+}
+
 /**
  * Marks a step. Synchronous so that it can sit in hot loops; `sleep` uses Atomics.wait so the
  * process is really stuck there, as a hung syscall would be.
  */
 export function failpoint(name: string): void {
-  armed ??= load();
-  if (armed.size === 0) return;
-  const specs = armed.get(name);
-  if (!specs) return;
-  const n = (hits.get(name) ?? 0) + 1;
-  hits.set(name, n);
-  for (const spec of specs) {
-    if (spec.at !== undefined && spec.at !== n) continue;
+  for (const [spec, n] of matching(name)) {
+    if (spec.action.type === 'park') {
+      throw new PivotError('usage', `failpoint ${name} cannot park: it is a synchronous site`, {
+        field: ENV_VAR, fix: 'park only at phase.*, pivot.switched and mount.* failpoints (see docs/reliability.md)',
+      });
+    }
     trigger(name, spec.action, n);
   }
 }
 
-function trigger(name: string, action: FailpointAction, hit: number): void {
+/** A step that may also park: the caller awaits, so signal handlers run while it waits. */
+export async function failpointAsync(name: string): Promise<void> {
+  for (const [spec, n] of matching(name)) {
+    if (spec.action.type === 'park') await park(name, n, spec.action.ms);
+    else trigger(name, spec.action, n);
+  }
+}
+
+function park(name: string, hit: number, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const release = (): void => {
+      clearTimeout(timer);
+      for (const s of STOP_SIGNALS) process.removeListener(s, release);
+      resolve();
+    };
+    // Listening before announcing: a signal sent the moment the file appears is not missed.
+    for (const s of STOP_SIGNALS) process.on(s, release);
+    const timer = setTimeout(release, ms);
+    writeFileSync(parkedFile(), `${name} ${hit} ${process.pid}\n`);
+  });
+}
+
+function trigger(name: string, action: Exclude<FailpointAction, { type: 'park' }>, hit: number): void {
   switch (action.type) {
     case 'error':
       throw new PivotError(action.kind, `failpoint ${name} triggered at hit ${hit}`, {

@@ -10,7 +10,7 @@ import { lstatSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:f
 import { isAbsolute, join, normalize, posix } from 'node:path';
 import { execa } from 'execa';
 import { PivotError, isErrno } from './errors.ts';
-import { failpoint } from './failpoints.ts';
+import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { readMountinfo, topMountAt } from './mountinfo.ts';
 import { spawnInOwnDomain } from './selinux-kernel.ts';
@@ -265,10 +265,8 @@ async function runOp(op: MountOp): Promise<void> {
   if (r.exitCode !== 0) {
     const why = (r.all ?? '').trim().split('\n')[0] || `exit ${String(r.exitCode)}`;
     const path = 'target' in op ? op.target : '';
-    const err = mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
+    throw mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
       'check the kernel log (dmesg) and that the agent runs as root in the host mount namespace (no MountFlags=, PrivateMounts=)');
-    (err.facts as Record<string, unknown>).busy = /busy/i.test(why);
-    throw err;
   }
 }
 
@@ -278,13 +276,19 @@ function asMountError(err: unknown, path: string, fix: string): PivotError {
   return mountError(message, path, fix, err);
 }
 
-/** Unmounts, falling back to a lazy detach when something holds files open under it. */
+/**
+ * Unmounts, falling back to a lazy detach when the mount is still there after a failed attempt
+ * (something holds files open under it). umount's exit status does not say EBUSY, and its text is
+ * not an interface, so the mount table decides.
+ */
 async function unmountTree(target: string): Promise<'clean' | 'lazy'> {
+  const ours = topMountAt(readMountinfo(), target)?.id;
   try {
     await runOp({ op: 'umount', target, recursive: true, lazy: false });
     return 'clean';
   } catch (err) {
-    if (!(err instanceof PivotError) || err.facts.busy !== true) throw err;
+    // Only the very mount we meant to remove may be detached lazily, never what lies under it.
+    if (ours === undefined || topMountAt(readMountinfo(), target)?.id !== ours) throw err;
     await runOp({ op: 'umount', target, recursive: true, lazy: true });
     return 'lazy';
   }
@@ -296,11 +300,11 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
   let workMounted = false;
   try {
     for (const op of plan.prepare) {
-      failpoint('mount.prepare');
+      await failpointAsync('mount.prepare');
       await runOp(op);
       if (op.op === 'bind' && op.target === plan.workDir) workMounted = true;
     }
-    failpoint('mount.switch');
+    await failpointAsync('mount.switch');
     await runOp(plan.switch);
   } catch (err) {
     // The target was never touched; drop whatever was assembled so no stray mount stays behind.
@@ -312,7 +316,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
   }
   const result: MountResult = { plan };
   try {
-    failpoint('mount.switched');
+    await failpointAsync('mount.switched');
     for (const op of plan.finish) await runOp(op);
     workMounted = false;
     if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
@@ -347,7 +351,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
 export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy' | 'not-mounted'> {
   const { plan } = result;
   try {
-    failpoint('mount.undo');
+    await failpointAsync('mount.undo');
     if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
       log().warn({ phase: 'mount', target: plan.target }, `${plan.target} does not show the staged usr; nothing to undo`);
       return 'not-mounted';

@@ -9,6 +9,8 @@ export interface MountinfoEntry {
   root: string;
   mountPoint: string;
   options: string;
+  /** The optional fields: `shared:N`, `master:N`, `propagate_from:N`, `unbindable`; none means private. */
+  optional: string[];
   fsType: string;
   source: string;
   superOptions: string;
@@ -28,7 +30,7 @@ export function parseMountinfo(text: string): MountinfoEntry[] {
     if (dash < 0 || f.length < dash + 4) continue;
     out.push({
       id: Number(f[0]), parent: Number(f[1]), device: f[2]!, root: unescapeMountinfo(f[3]!),
-      mountPoint: unescapeMountinfo(f[4]!), options: f[5]!, fsType: f[dash + 1]!,
+      mountPoint: unescapeMountinfo(f[4]!), options: f[5]!, optional: f.slice(6, dash), fsType: f[dash + 1]!,
       source: unescapeMountinfo(f[dash + 2]!), superOptions: f[dash + 3]!,
     });
   }
@@ -43,4 +45,23 @@ export function readMountinfo(): MountinfoEntry[] {
 export function topMountAt(entries: MountinfoEntry[], path: string): MountinfoEntry | undefined {
   const here = entries.filter((e) => e.mountPoint === path);
   return here.find((e) => !here.some((o) => o.parent === e.id)) ?? here.at(-1);
+}
+
+/**
+ * PURE: what a lookup of `path` shows, as a filesystem (device) and the directory of it (root):
+ * the top mount at `path`, or else the deepest mount above it with the rest of the path appended.
+ * A bind of `path` shows exactly this.
+ */
+export function viewAt(entries: MountinfoEntry[], path: string): { device: string; root: string } | undefined {
+  const at = topMountAt(entries, path);
+  if (at) return { device: at.device, root: at.root };
+  let best: string | undefined;
+  for (const e of entries) {
+    const covers = e.mountPoint === '/' || path.startsWith(`${e.mountPoint}/`);
+    if (covers && (best === undefined || e.mountPoint.length > best.length)) best = e.mountPoint;
+  }
+  const holder = best === undefined ? undefined : topMountAt(entries, best);
+  if (!holder) return undefined;
+  const rest = best === '/' ? path : path.slice(best!.length);
+  return { device: holder.device, root: holder.root === '/' ? rest : `${holder.root}${rest}` };
 }

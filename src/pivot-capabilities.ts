@@ -1,8 +1,7 @@
 // The real capabilities behind src/pivot.ts's phases: each is a thin adapter from the pivot's
 // vocabulary (config, staged tree, plan) to one module's API.
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { DEFAULT_REGISTRIES_CONF, inConfigTerms, type Config } from './config.ts';
 import { PivotError } from './errors.ts';
 import { log } from './log.ts';
@@ -12,9 +11,9 @@ import { openImage, resolveComponent, type RegistryOptions } from './registry/in
 import { pullToDest, type PullToDestSummary } from './unpack/index.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
+import { ensureBootedUsr, releaseLeftoverMounts, removeTreeWithinMount, type OwnMounts } from './mount-recovery.ts';
 import { readMountinfo } from './mountinfo.ts';
 import { etcLabels, labelStagedTree } from './selinux.ts';
-import { spawnInOwnDomain } from './selinux-kernel.ts';
 import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
@@ -40,6 +39,21 @@ export function hostPaths(cfg: Config): HostPaths {
   return { usr: '/usr', etc: '/etc', bootedUsr: join(cfg.stateDir, 'booted-usr') };
 }
 
+/** Mount points appear in /proc/self/mountinfo with symlinks resolved. */
+function resolved(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+}
+
+/** Every mount the agent makes, at fixed paths below the state and staging directories. */
+export function ownMounts(cfg: Config): OwnMounts {
+  const state = resolved(cfg.stateDir);
+  return { usr: '/usr', bootedUsr: join(state, 'booted-usr'), assembly: join(state, 'usr-assembly'), stagingDir: resolved(cfg.stagingDir) };
+}
+
 function registryOptions(cfg: Config): RegistryOptions {
   return {
     ...(cfg.authfile ? { authfile: cfg.authfile } : {}),
@@ -59,26 +73,6 @@ const hex = (digest: string): string => digest.replace(/^sha256:/, '');
 async function isMountpoint(path: string): Promise<boolean> {
   return readMountinfo().some((m) => m.mountPoint === path);
 }
-
-/** Keeps the booted /usr reachable after the switch; private so the switch does not propagate into it. */
-async function bindBootedUsr(paths: HostPaths): Promise<void> {
-  if (await isMountpoint(paths.bootedUsr)) return;
-  try {
-    mkdirSync(paths.bootedUsr, { recursive: true, mode: 0o755 });
-    // In the agent's own domain, as all of its mounts (src/selinux-kernel.ts spawnInOwnDomain).
-    await spawnInOwnDomain(() => execa('mount', ['--bind', paths.usr, paths.bootedUsr]));
-    await spawnInOwnDomain(() => execa('mount', ['--make-private', paths.bootedUsr]));
-    await spawnInOwnDomain(() => execa('mount', ['-o', 'remount,bind,ro', paths.bootedUsr]));
-  } catch (err) {
-    const detail = (err as { stderr?: string; message?: string }).stderr?.trim() || (err as Error).message;
-    throw new PivotError('mount', `cannot keep the booted ${paths.usr} visible at ${paths.bootedUsr}: ${detail}`, {
-      path: paths.bootedUsr,
-      fix: 'make sure the agent runs as root in the host mount namespace (no PrivateMounts=/MountFlags= on its unit)',
-      cause: err,
-    });
-  }
-}
-
 
 export function realCapabilities(): PivotCapabilities {
   let pinned: string | undefined;
@@ -128,8 +122,8 @@ export function realCapabilities(): PivotCapabilities {
         .filter((name) => name !== 'blobs' && name !== hex(image.manifestDigest));
       // A staged tree that /usr shows is the running system: never delete it, and do not stack
       // a second pivot on it (its /etc merge would take the first image's defaults for local
-      // changes).
-      const live = others.find((name) => isUsrPivoted('/usr', join(cfg.stagingDir, name)));
+      // changes). Only a staged tree is named by a bare digest; `.unpacked`, `.mnt` are scratch.
+      const live = others.find((name) => /^[0-9a-f]{64}$/.test(name) && isUsrPivoted('/usr', join(cfg.stagingDir, name)));
       if (live) {
         // A config error (exit 2, not retried): the config names an image this boot cannot take.
         throw new PivotError('config', `/usr already shows another node image (sha256:${live}) this boot`, {
@@ -140,7 +134,9 @@ export function realCapabilities(): PivotCapabilities {
       }
       if (existsSync(root)) return { root, reused: true, facts: {} };
       // Leftovers of interrupted runs and of other images only take RAM on a live ISO.
-      for (const name of others) rmSync(join(cfg.stagingDir, name), { recursive: true, force: true });
+      // Never across a mount point: an interrupted run's mounts are detached in preflight, and
+      // anything still mounted here is not ours to walk into.
+      for (const name of others) removeTreeWithinMount(join(resolved(cfg.stagingDir), name));
       const unpacked = `${root}.unpacked`;
       const summary = await pullToDest(pinned ?? image.reference, unpacked, registryOptions(cfg), {
         limits: cfg.limits,
@@ -154,8 +150,10 @@ export function realCapabilities(): PivotCapabilities {
       if (existsSync(join(unpacked, 'etc')) && !existsSync(join(unpacked, 'usr/etc'))) renameSync(join(unpacked, 'etc'), join(unpacked, 'usr/etc'));
       if (!existsSync(join(unpacked, 'usr'))) {
         rmSync(unpacked, { recursive: true, force: true });
-        throw new PivotError('verification', `image ${image.reference} has no usr/ directory`, {
-          fix: 'point image at a bootable node image (an OS image with /usr), not an application image',
+        // The digests matched: the config names the wrong kind of image (exit 2, not retried).
+        const field = cfg.image ? 'image' : 'releaseImage';
+        throw new PivotError('config', `image ${image.reference} has no usr/ directory`, {
+          field, fix: `point ${field} at a bootable node image (an OS image with /usr), not an application image`,
         });
       }
       renameSync(unpacked, root);
@@ -179,7 +177,8 @@ export function realCapabilities(): PivotCapabilities {
 
     async planEtc(cfg, staged) {
       const paths = hostPaths(cfg);
-      const base = (await isMountpoint(paths.bootedUsr)) ? join(paths.bootedUsr, 'etc') : join(paths.usr, 'etc');
+      const bootedUsr = ownMounts(cfg).bootedUsr;
+      const base = (await isMountpoint(bootedUsr)) ? join(bootedUsr, 'etc') : join(paths.usr, 'etc');
       if (!existsSync(base)) {
         throw new PivotError('etc-merge', `the booted image has no ${base} (pristine /etc defaults)`, {
           path: base,
@@ -202,10 +201,16 @@ export function realCapabilities(): PivotCapabilities {
       return isUsrPivoted('/usr', stagedRoot);
     },
 
+    async recoverMounts(cfg) {
+      return releaseLeftoverMounts(ownMounts(cfg));
+    },
+
     async mountUsr(cfg, staged) {
-      const paths = hostPaths(cfg);
-      await bindBootedUsr(paths);
-      return mountStagedUsr({ stagedRoot: staged.root, preserve: cfg.preserve, target: paths.usr });
+      const own = ownMounts(cfg);
+      const detached = await releaseLeftoverMounts(own);
+      const bootedUsr = await ensureBootedUsr(own);
+      const mounted = await mountStagedUsr({ stagedRoot: staged.root, preserve: cfg.preserve, target: own.usr, workDir: own.assembly });
+      return { ...mounted, facts: { ...mounted.facts, bootedUsr, ...(detached.length ? { detachedLeftovers: detached } : {}) } };
     },
 
     async applyEtc(plan) {

@@ -12,8 +12,8 @@
 import { statfsSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
-import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
-import { failpoint } from './failpoints.ts';
+import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, isErrno, type ExitCode } from './errors.ts';
+import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
@@ -55,6 +55,8 @@ export interface PivotCapabilities {
   usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
   applyEtc(plan: unknown): Promise<Record<string, unknown>>;
   recoverEtc(): Promise<'none' | 'rolled-back'>;
+  /** Detaches the mounts a crashed run left at the agent's own mount points; returns them. */
+  recoverMounts(cfg: Config): Promise<string[]>;
   /** Whether a crashed run left an /etc journal, without touching it. */
   pendingEtcJournal(): 'none' | 'pending';
   refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
@@ -144,9 +146,27 @@ export function spaceShortfall(availableBytes: number, compressedBytes: number, 
 }
 
 function availableBytes(dir: string): number {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const s = statfsSync(dir);
-  return Number(s.bavail) * Number(s.bsize);
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const s = statfsSync(dir);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch (caught) {
+    // A recursive mkdir reports ENOENT for a read-only parent; a plain one says what is wrong.
+    let err = caught;
+    if (isErrno(err, 'ENOENT')) {
+      try {
+        mkdirSync(dir, { mode: 0o700 });
+      } catch (plain) {
+        err = plain;
+      }
+    }
+    // A read-only, full or foreign-owned staging filesystem is the node's setup, not a bug.
+    if (!isErrno(err, 'EROFS', 'ENOSPC', 'EDQUOT', 'EACCES', 'EPERM', 'ENOTDIR', 'ENOENT')) throw err;
+    throw new PivotError('preflight', `cannot use the staging directory: ${err.code} (${err.message})`, {
+      path: dir, cause: err,
+      fix: 'point stagingDir at a writable filesystem with room (a live ISO stages in RAM, under /run)',
+    });
+  }
 }
 
 /**
@@ -177,7 +197,13 @@ export function reclaimableStagingBytes(stagingDir: string, keep: readonly strin
 // the step to finish, then the normal failure path makes the system all old again.
 
 const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['selinux', 'mount', 'etc-apply']);
-const run = { phase: undefined as PhaseName | undefined, stopRequested: undefined as string | undefined, recorder: undefined as StateRecorder | undefined };
+/** This process's run, for the signal handler. runPivot resets it; `finished` once the state file says done or skipped. */
+const run = {
+  phase: undefined as PhaseName | undefined,
+  stopRequested: undefined as string | undefined,
+  recorder: undefined as StateRecorder | undefined,
+  finished: false,
+};
 
 function stateError(e: PivotError): StateError {
   return {
@@ -194,9 +220,15 @@ function interruptedError(signal: string): PivotError {
 
 /**
  * Called from the signal handler. Returns 'now' when the caller may exit immediately (the state
- * file already says why), 'deferred' when the current step must finish first.
+ * file already says why), 'deferred' when the current step must finish first, 'finished' when
+ * the pivot is complete already (only the final reload was left): a success, and the state file
+ * keeps saying so, or the generator would send the boot back into the pivot target.
  */
-export function requestStop(signal: string): 'now' | 'deferred' {
+export function requestStop(signal: string): 'now' | 'deferred' | 'finished' {
+  if (run.finished) {
+    log().warn(`${signal} received after the pivot finished: leaving the state file as it is`);
+    return 'finished';
+  }
   run.stopRequested = signal;
   if (run.phase && CRITICAL_PHASES.has(run.phase)) {
     log().warn({ phase: run.phase }, `${signal} received during ${run.phase}: finishing this step first`);
@@ -216,7 +248,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
   const bootId = readBootId();
   const attempt = attemptNumber(prior, bootId);
   const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId });
-  run.recorder = rec;
+  Object.assign(run, { phase: undefined, stopRequested: undefined, recorder: rec, finished: false });
   let undoMount: (() => Promise<void>) | undefined;
   let undoPolicy: (() => Promise<void>) | undefined;
 
@@ -226,7 +258,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     progress.phase(name);
     log().info({ phase: name }, `phase ${name} started`);
     const record = rec?.startPhase(name);
-    failpoint(`phase.${name}`);
+    await failpointAsync(`phase.${name}`);
     try {
       const out = await fn();
       const f = facts?.(out);
@@ -253,11 +285,12 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     const pre = await phase('preflight', async () => {
       // A dry run changes nothing, not even a rollback: it reports a pending journal instead.
       const recovered = req.dryRun ? caps.pendingEtcJournal() : await caps.recoverEtc();
+      const detached = req.dryRun ? [] : await caps.recoverMounts(cfg);
       if (recovered === 'pending') log().warn('an interrupted /etc apply is pending; the next real run rolls it back before planning');
       const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(p)));
       const configured = cfg.image ?? cfg.releaseImage;
-      return { recovered, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
-    }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip }));
+      return { recovered, detached, decision: decideSkip({ skipIfPathExists: cfg.skipIfPathExists, existing, prior, bootId, ...(configured ? { configured } : {}) }) };
+    }, (p) => ({ etcJournal: p.recovered, skip: p.decision.skip, ...(p.detached.length ? { detachedMounts: p.detached } : {}) }));
     // After a failure the unit does not retry, a rerun is someone fixing the cause: no waiting.
     const notRetried = prior?.error !== undefined && NOT_RETRIED_EXIT_CODES.includes(prior.error.exitCode as ExitCode);
     const delay = req.dryRun || pre.decision.skip || notRetried ? 0 : retryDelaySeconds(attempt, cfg.timeouts.retryBackoffMaxSeconds);
@@ -315,7 +348,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
     undoMount = undefined;
     undoPolicy = undefined;
-    failpoint('pivot.switched');
+    await failpointAsync('pivot.switched');
 
     // 8. Make systemd see the new /usr: reload units, create users and dirs, restart units.
     await phase('refresh', () => caps.refresh(cfg, staged), (f) => f);
@@ -325,6 +358,8 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     else skipPhase('isolate', 'service mode (--no-isolate)');
 
     rec!.finish('done');
+    run.finished = true;
+    await failpointAsync('pivot.done');
     if (req.isolate) await settle(caps);
     await progress.ready(`pivoted to ${image.manifestDigest}`);
     return { result: 'done', state: rec!.state };
@@ -358,6 +393,7 @@ async function finishSkipped(req: PivotRequest, rec: StateRecorder, skip: { kind
   log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
   if (req.isolate) await req.caps.isolate(req.cfg);
   rec.finish('skipped', { skipReason: skip.reason, skipKind: skip.kind });
+  run.finished = true;
   if (req.isolate) await settle(req.caps);
   await req.progress.ready(`skipped: ${skip.reason}`);
   return { result: 'skipped', reason: skip.reason, state: rec.state };

@@ -99,7 +99,7 @@ export function newestPolicyBinary(view: TreeView, policyDir: string, kernelMax?
 const SAFE_TYPE = /^[A-Za-z0-9_.-]+$/;
 
 function labelError(message: string, path: string, fix: string): PivotError {
-  return new PivotError('unpack', message, { path, fix, facts: { phase: 'selinux' } });
+  return new PivotError('selinux', message, { path, fix, facts: { phase: 'selinux' } });
 }
 
 /** The image itself is unusable on this host: retrying cannot help (exit 4, not retried). */

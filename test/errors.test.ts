@@ -14,7 +14,7 @@ describe('PivotError', () => {
     const cases: Array<[ConstructorParameters<typeof PivotError>[0], number, boolean]> = [
       ['config', 2, true], ['auth', 3, false], ['network', 3, false], ['verification', 4, true],
       ['path-safety', 5, true], ['mount', 6, false], ['etc-conflict', 7, true], ['systemd', 8, false],
-      ['preflight', 9, false], ['interrupted', 10, false], ['busy', 11, false],
+      ['preflight', 9, false], ['interrupted', 10, false], ['busy', 11, false], ['selinux', 12, false],
     ];
     for (const [kind, code, permanent] of cases) {
       const e = new PivotError(kind, 'x', { fix: 'y' });

@@ -22,7 +22,7 @@ export function registryOptionsFrom(values: ParsedArgs['values']): RegistryOptio
 export const pullCommand: Command = {
   name: 'pull',
   summary: 'pull an image from its registry and unpack it into a directory (or an OCI layout)',
-  usage: 'pull IMAGE (--dest DIR | --oci-layout DIR) [--authfile F] [--registries-conf F] [--cert-dir D] [--platform OS/ARCH[/VARIANT]] [--json] [--progress-fd N]',
+  usage: 'pull IMAGE (--dest DIR [--keep-sysroot] | --oci-layout DIR) [--authfile F] [--registries-conf F] [--cert-dir D] [--platform OS/ARCH[/VARIANT]] [--json] [--progress-fd N]',
   help: [
     'DIR is written as DIR.partial and renamed to DIR only when complete.',
     'A bootable image (label ostree.commit or containers.bootc=1) unpacks as bootc imports it: etc/ at',
@@ -33,6 +33,7 @@ export const pullCommand: Command = {
   ].join('\n'),
   options: {
     dest: { type: 'string' },
+    'keep-sysroot': { type: 'boolean' },
     'oci-layout': { type: 'string' },
     ...registryOptions,
     json: { type: 'boolean' },
@@ -40,6 +41,7 @@ export const pullCommand: Command = {
   },
   optionHelp: {
     dest: 'unpack the image into this directory',
+    'keep-sysroot': "with --dest: keep an ostree-native image's sysroot/ostree repo, as umoci unpack does (default: drop it; the files stay hardlinked under usr/)",
     'oci-layout': 'write a standard OCI image layout (oci-layout, index.json, blobs/) instead',
     ...registryOptionHelp,
     json: 'print the summary as JSON',
@@ -51,6 +53,9 @@ export const pullCommand: Command = {
     const layout = stringOpt(args.values, 'oci-layout');
     if ((dest === undefined) === (layout === undefined)) {
       throw new PivotError('usage', 'pull: give exactly one of --dest DIR or --oci-layout DIR', { fix: "run 'node-image-pivot pull --help'" });
+    }
+    if (args.values['keep-sysroot'] === true && dest === undefined) {
+      throw new PivotError('usage', 'pull: --keep-sysroot only applies to --dest', { fix: 'drop --keep-sysroot, or unpack with --dest DIR' });
     }
     const progress = progressFor(args.values, 'pull', ['pull']);
     try {
@@ -77,7 +82,7 @@ async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Pro
   const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../unpack/index.ts')]);
   const defaults = configSchema.parse({ image: args.positionals[0] });
   const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
-    limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: defaults.keepSysroot, onProgress: pullProgress(progress),
+    limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: args.values['keep-sysroot'] === true || defaults.keepSysroot, onProgress: pullProgress(progress),
   });
   return { summary, text: formatPullSummary(summary) };
 }

@@ -5,10 +5,13 @@ import { ExitCode, PivotError, asPivotError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Progress } from '../progress.ts';
 
-function installSignalHandlers(requestStop: (signal: string) => 'now' | 'deferred', progress: Progress): void {
+function installSignalHandlers(requestStop: (signal: string) => 'now' | 'deferred' | 'finished', progress: Progress): void {
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(signal, () => {
-      if (requestStop(signal) !== 'now') return;
+      const how = requestStop(signal);
+      // The pivot finished (only the final reload was left): a success, and the state says so.
+      if (how === 'finished') process.exit(ExitCode.ok);
+      if (how !== 'now') return;
       // A pipe takes a short line at once, so the installer still hears why the run ended.
       progress.result({ result: 'failed', exitCode: ExitCode.interrupted, error: { kind: 'interrupted', message: `stopped by ${signal}`, fix: 'nothing to do: the next run picks up from here', line: `interrupted: stopped by ${signal}` } });
       process.exit(ExitCode.interrupted);

@@ -2,7 +2,7 @@ import type { Command } from './types.ts';
 import { stringOpt } from './shared.ts';
 import { DEFAULT_STATE_DIR, readState, type PivotState } from '../state.ts';
 import type { ManagerFacts, UnitStateFacts } from '../systemd/manager.ts';
-import { asPivotError } from '../errors.ts';
+import { StatusExitCode, asPivotError } from '../errors.ts';
 
 export interface StatusReport {
   state: PivotState | null;
@@ -70,7 +70,7 @@ export const statusCommand: Command = {
   name: 'status',
   summary: "show this boot's pivot: phases, timings, image, error and fix, and systemd's state",
   usage: 'status [--json] [--state-dir DIR]',
-  help: 'Exit code 0 when the pivot is done, skipped or not run; 1 when it failed; 3 while running.',
+  help: `Exit code ${StatusExitCode.ok} when the pivot is done, skipped or not run; ${StatusExitCode.failed} when it failed; ${StatusExitCode.running} while running (apart from run's codes; 2 is a usage error of status itself).`,
   options: {
     json: { type: 'boolean' },
     'state-dir': { type: 'string' },
@@ -84,6 +84,6 @@ export const statusCommand: Command = {
     const report = await collectStatus(stringOpt(args.values, 'state-dir') ?? DEFAULT_STATE_DIR);
     process.stdout.write(args.values.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatStatus(report)}\n`);
     const result = report.state?.result;
-    return result === 'failed' ? 1 : result === 'running' ? 3 : 0;
+    return result === 'failed' ? StatusExitCode.failed : result === 'running' ? StatusExitCode.running : StatusExitCode.ok;
   },
 };

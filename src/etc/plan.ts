@@ -6,7 +6,8 @@
 //     its current state;
 //   - a path untouched locally follows new (added, changed, removed);
 //   - a directory is "changed" only by its own metadata; its children are merged one by one, so a
-//     re-moded directory keeps its mode and still receives new upstream files.
+//     re-moded directory keeps its mode and still receives new upstream files. When new has no
+//     directory there, the changed directory is kept whole, like ostree's copy_dir_recurse.
 // Content is compared by size, then sha256. A hash that a comparison needs but the tree does not
 // carry yet is reported in `missing`; the caller hashes those files and plans again (plan.ts never
 // reads a disk).
@@ -182,16 +183,22 @@ export function planMerge(trees: EtcTrees): PlanOutcome {
       return;
     }
     if (!n) {
-      if (local === 'modified') warn('kept-local-removed-upstream', rel, 'changed locally and removed upstream: the local version is kept');
+      if (local === 'modified') {
+        warn('kept-local-removed-upstream', rel, c.type === 'dir'
+          ? 'changed locally and removed upstream: the directory is kept whole, with everything below it'
+          : 'changed locally and removed upstream: the local version is kept');
+      }
     } else if (c.type === 'dir' && n.type !== 'dir') {
-      warn('kept-dir-with-local-content', rel, `changed locally; upstream replaced the directory with a ${n.type}, which is not installed`);
+      warn('kept-dir-with-local-content', rel, `changed locally; upstream replaced the directory with a ${n.type}, which is not installed; the directory is kept whole`);
     } else {
       const upstreamChanged = local === 'added' || !same('base', b as EtcEntry, 'new', n, rel);
       if (upstreamChanged && !same('current', c, 'new', n, rel)) {
         warn('both-changed', rel, `changed ${local === 'added' ? '(added) ' : ''}locally and upstream: the local version is kept`);
       }
     }
-    if (c.type === 'dir') walk(rel);
+    // A changed or added directory that new does not have as a directory is kept whole, as
+    // ostree's copy_dir_recurse keeps it: everything below stays, changed locally or not.
+    if (c.type === 'dir' && n?.type === 'dir') walk(rel);
   };
 
   const followNew = (rel: string, c: EtcEntry, n: EtcEntry | undefined): void => {

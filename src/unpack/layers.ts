@@ -278,6 +278,9 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
     progress();
   }
 
+  // The repo goes before the directory mtimes are set: removing it touches sysroot/, which must
+  // still show the image's mtime afterwards.
+  if (!opts.keepSysroot) dropOstreeRepo(dest);
   target.finish();
   s.xattrLinks = links.objects;
   if (bootc && bootc.firstDerivedLayer < layers.length) {
@@ -287,7 +290,6 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
     else if (declared > 0) log().info({ entries: declared, tmpfiles: FACTORY_VAR_TMPFILES }, 'derived /var content declared for systemd-tmpfiles (created where the live /var lacks it)');
     s.factoryVarEntries = declared ?? 0;
   }
-  if (!opts.keepSysroot) dropOstreeRepo(dest);
   failpoint('unpack.finish');
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
   return s;

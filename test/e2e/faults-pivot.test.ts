@@ -7,6 +7,7 @@ import { recordRow } from '../faults/table.ts';
 import { bootMachine, type Machine } from '../../scripts/testbed/machine.ts';
 import { NODE_VERSION_FILE } from '../helpers/node-image.ts';
 import { LOCAL_MOTD, installInto, setUpPivotFixture, type PivotFixture } from './pivot-fixture.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const AGENT = '/usr/local/bin/node-image-pivot';
 let fx: PivotFixture;
@@ -46,6 +47,12 @@ async function serviceMachine(name: string, extra: Parameters<typeof installInto
   await m.waitForSystemState(['running', 'degraded']);
   return m;
 }
+
+/** Every mount below the state directory: after any run, only the booted-usr bind, once, read-only. */
+async function ownMounts(m: Machine): Promise<string> {
+  return sh(m, `awk '$5 ~ "^/run/node-image-pivot/" { print $5, substr($6, 1, 2) }' /proc/self/mountinfo`);
+}
+const ONLY_BOOTED_USR = '/run/node-image-pivot/booted-usr ro\n';
 
 async function usrIs(m: Machine): Promise<'old' | 'new'> {
   return (await sh(m, `test -e ${NODE_VERSION_FILE} && echo new || echo old`)).trim() as 'old' | 'new';
@@ -92,8 +99,8 @@ afterEach(({ task }) => {
 describe('kill -9 during run, then a rerun', () => {
   const points = [
     'phase.preflight:kill', 'phase.resolve:kill', 'phase.pull:kill', 'unpack.entry:kill@2000',
-    'phase.selinux:kill', 'phase.etc-plan:kill', 'phase.mount:kill', 'mount.switch:kill',
-    'mount.switched:kill', 'phase.etc-apply:kill', 'etc.apply.action:kill@1', 'etc.apply.commit:kill',
+    'phase.selinux:kill', 'phase.etc-plan:kill', 'phase.mount:kill', 'mount.booted-usr:kill@1',
+    'mount.booted-usr:kill@2', 'mount.prepare:kill@5', 'mount.switch:kill', 'mount.switched:kill', 'phase.etc-apply:kill', 'etc.apply.action:kill@1', 'etc.apply.commit:kill',
     'pivot.switched:kill', 'phase.refresh:kill',
   ];
   it.each(points)('%s: /etc is old or merged, and the rerun converges on the clean result', async (point) => {
@@ -102,8 +109,11 @@ describe('kill -9 during run, then a rerun', () => {
       const killed = await m.exec([AGENT, 'run', '--no-isolate'], { env: { NODE_IMAGE_PIVOT_FAILPOINTS: point } });
       expect(killed.exitCode).not.toBe(0);
       const etcAfterKill = await sh(m, ETC_MERGE_FINGERPRINT);
-      // A kill inside the /etc apply leaves a journal: the next run's preflight rolls it back.
-      if (!point.startsWith('etc.apply')) expect([bootEtcFiles, mergedEtcFiles]).toContain(etcAfterKill);
+      // A kill inside the /etc apply leaves a journal (the next run's preflight rolls it back);
+      // anywhere else /etc is whole, old or merged.
+      const journal = (await sh(m, 'ls -d /.node-image-pivot-etc-journal /etc/.node-image-pivot-etc-journal 2>/dev/null | wc -l')).trim();
+      if (point.startsWith('etc.apply')) expect(journal).toBe('1');
+      else expect([bootEtcFiles, mergedEtcFiles]).toContain(etcAfterKill);
       expect(['old', 'new']).toContain(await usrIs(m));
 
       const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
@@ -111,8 +121,9 @@ describe('kill -9 during run, then a rerun', () => {
       expect(await usrIs(m)).toBe('new');
       expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
       expect(await sh(m, 'cat /etc/motd')).toBe(LOCAL_MOTD);
-      // Exactly one mount on /usr: a retry never stacks a second one.
+      // Exactly one mount on /usr: a retry never stacks a second one, and leaks nothing.
       expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe('1\n');
+      expect(await ownMounts(m)).toBe(ONLY_BOOTED_USR);
     } finally {
       await m.dispose();
     }
@@ -120,14 +131,22 @@ describe('kill -9 during run, then a rerun', () => {
 });
 
 describe('SIGTERM during run', () => {
-  async function termDuring(m: Machine, failpoint: string): Promise<{ status: string; state: { result: string; error?: { kind: string; line: string } } }> {
-    await m.exec(['systemd-run', '--unit=nip-term', `--setenv=NODE_IMAGE_PIVOT_FAILPOINTS=${failpoint}`, AGENT, 'run', '--no-isolate'], { direct: true });
-    // The failpoint sleeps 3 s; the signal lands inside that window.
-    await new Promise((r) => setTimeout(r, 1500));
-    await m.exec(['systemctl', 'kill', '--signal=SIGTERM', 'nip-term.service'], { direct: true });
-    await m.waitForUnit('nip-term.service', ['inactive', 'failed'], 60_000);
+  const PARKED = '/run/nip-parked';
+  interface TermState { result: string; error?: { kind: string; message: string; line: string }; phases: Array<{ name: string; result: string }> }
+
+  /** Parks the run at `failpoint`, waits until it says so, sends SIGTERM, and waits for the end. */
+  async function termDuring(m: Machine, failpoint: string, args: string[] = ['--no-isolate']): Promise<{ status: string; state: TermState }> {
+    await m.exec(['systemd-run', '--unit=nip-term', `--setenv=NODE_IMAGE_PIVOT_FAILPOINTS=${failpoint}`,
+      `--setenv=NODE_IMAGE_PIVOT_PARKED_FILE=${PARKED}`, AGENT, 'run', ...args], { direct: true });
+    const parked = await waitFor(async () => (await sh(m, `cat ${PARKED} 2>/dev/null || true`)).trim() || undefined,
+      `the run to park at ${failpoint}`, { timeoutMs: 120_000, intervalMs: 100 });
+    expect(parked).toMatch(new RegExp(`^${failpoint.split(':')[0]!.replace(/\./g, '\\.')} \\d+ \\d+$`));
+    // To the agent alone, as a stop does with the units' KillMode=mixed: systemd's kill of the
+    // whole cgroup keeps looking for new processes, and would also hit the agent's next mount child.
+    await m.exec(['systemctl', 'kill', '--kill-whom=main', '--signal=SIGTERM', 'nip-term.service'], { direct: true });
+    await m.waitForUnit('nip-term.service', ['inactive', 'failed'], 120_000);
     const status = (await sh(m, 'systemctl show -p ExecMainStatus --value nip-term.service')).trim();
-    const state = JSON.parse(await sh(m, 'cat /run/node-image-pivot/state.json')) as { result: string; error?: { kind: string; line: string } };
+    const state = JSON.parse(await sh(m, 'cat /run/node-image-pivot/state.json')) as TermState;
     return { status, state };
   }
 
@@ -140,16 +159,20 @@ describe('SIGTERM during run', () => {
   it.each(outcomes)('at the start of %s: exit 10, all %s, and the rerun converges', async (phase, expected) => {
     const m = await serviceMachine(`term-${phase}`);
     try {
-      const r = await termDuring(m, `phase.${phase}:sleep=3000`);
-      expect(r.status).toBe('10');
+      const r = await termDuring(m, `phase.${phase}:park`);
+      expect(r.status, r.state.error?.line).toBe('10');
       expect(r.state.result).toBe('failed');
       expect(r.state.error?.kind).toBe('interrupted');
+      // The state file names the phase the signal landed in; a critical one finished first.
+      expect(r.state.error?.message).toBe(`stopped by SIGTERM during phase ${phase}`);
+      expect(r.state.phases.at(-1)).toMatchObject({ name: phase, result: ['mount', 'etc-apply'].includes(phase) ? 'done' : 'running' });
       expect(await usrIs(m)).toBe(expected);
       expect(await sh(m, ETC_MERGE_FINGERPRINT)).toBe(expected === 'old' ? bootEtcFiles : mergedEtcFiles);
       expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe(expected === 'old' ? '0\n' : '1\n');
       const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
       expect(rerun.exitCode, rerun.stderr).toBe(0);
       expect(await sh(m, ETC_FINGERPRINT)).toBe(mergedEtc);
+      expect(await ownMounts(m)).toBe(ONLY_BOOTED_USR);
     } finally {
       await m.dispose();
     }
@@ -158,9 +181,10 @@ describe('SIGTERM during run', () => {
   it('during the mount (critical): finishes the step, then undoes it: all old, exit 10', async () => {
     const m = await serviceMachine('term-mount');
     try {
-      const r = await termDuring(m, 'mount.prepare:sleep=3000@1');
-      expect(r.status).toBe('10');
-      expect(r.state.error?.line).toMatch(/interrupted: stopped by SIGTERM/);
+      const r = await termDuring(m, 'mount.prepare:park@1');
+      expect(r.status, r.state.error?.line).toBe('10');
+      expect(r.state.error?.line).toMatch(/interrupted: stopped by SIGTERM during phase mount/);
+      expect(r.state.phases.at(-1)).toMatchObject({ name: 'mount', result: 'done' });
       expect(await usrIs(m)).toBe('old');
       expect(await sh(m, ETC_FINGERPRINT)).toBe(bootEtc);
       const rerun = await m.exec([AGENT, 'run', '--no-isolate']);
@@ -171,6 +195,38 @@ describe('SIGTERM during run', () => {
     }
   });
 
+  it('after the pivot finished (the final reload): exit 0, and the state file still says done', async () => {
+    const m = await serviceMachine('term-done');
+    try {
+      // Isolate mode in a machine already in multi-user.target: the isolate is skipped, the final reload runs.
+      const r = await termDuring(m, 'pivot.done:park', []);
+      expect(r.status).toBe('0');
+      expect(r.state.result).toBe('done');
+      expect(r.state.error).toBeUndefined();
+      expect(await usrIs(m)).toBe('new');
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
+describe('reruns after a kill in the mount phase', () => {
+  it('a third run after a leaked assembly and a failed refresh pivots, and is not refused as another image', async () => {
+    const m = await serviceMachine('kill-then-fail');
+    try {
+      const killed = await m.exec([AGENT, 'run', '--no-isolate'], { env: { NODE_IMAGE_PIVOT_FAILPOINTS: 'mount.switch:kill' } });
+      expect(killed.exitCode).not.toBe(0);
+      const failed = await m.exec([AGENT, 'run', '--no-isolate'], { env: { NODE_IMAGE_PIVOT_FAILPOINTS: 'phase.refresh:error=systemd' } });
+      expect(failed.exitCode).toBe(8);
+      const third = await m.exec([AGENT, 'run', '--no-isolate']);
+      expect(third.exitCode, third.stderr).toBe(0);
+      expect(await usrIs(m)).toBe('new');
+      expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe('1\n');
+      expect(await ownMounts(m)).toBe(ONLY_BOOTED_USR);
+    } finally {
+      await m.dispose();
+    }
+  });
 });
 
 describe('preflight', () => {

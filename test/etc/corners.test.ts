@@ -176,6 +176,21 @@ describe('ostree corner cases on disk', () => {
     expect(readdirSync(join(etc, 'busy'))).toEqual(['local']);
   });
 
+  it('16b. a directory re-moded or re-owned locally and removed or replaced upstream is kept whole, as ostree does', async () => {
+    const { etc } = await merge(
+      { moded: d(), 'moded/same': f('s'), 'moded/sub': d(), 'moded/sub/deep': f('d'), owned: d(), 'owned/same': f('s'), gone: d(), 'gone/x': f('x') },
+      { moded: d(0o700), 'moded/same': f('s'), 'moded/sub': d(), 'moded/sub/deep': f('d'), owned: d(0o755, 1000), 'owned/same': f('s'), gone: d(), 'gone/x': f('x') },
+      { owned: f('now a file') },
+    );
+    expect(stat(etc, 'moded')).toMatchObject({ type: 'dir', mode: 0o700 });
+    expect(read(etc, 'moded/same')).toBe('s');
+    expect(read(etc, 'moded/sub/deep')).toBe('d');
+    expect(stat(etc, 'owned')).toMatchObject({ type: 'dir', uid: 1000 });
+    expect(read(etc, 'owned/same')).toBe('s');
+    // Control: the untouched directory removed upstream goes, children and all.
+    expect(existsSync(join(etc, 'gone'))).toBe(false);
+  });
+
   it('17. a new empty upstream directory is created with its metadata', async () => {
     const { etc } = await merge({}, {}, { empty: d(0o750, 0, 1000) });
     expect(stat(etc, 'empty')).toEqual({ type: 'dir', mode: 0o750, uid: 0, gid: 1000 });

@@ -186,7 +186,12 @@ export function modelMerge(baseIn: Spec, currentIn: Spec, nextIn: Spec): { resul
       }
     }
     if (c.t === 'd') {
-      if (r?.t !== 'd') removeTree(p);
+      // A changed or added directory that new does not have as a directory is copied whole from
+      // current (ostree's copy_dir_recurse): everything below it, changed locally or not.
+      if (r?.t !== 'd') {
+        removeTree(p);
+        for (const [q, n] of Object.entries(current)) if (under(p, q)) result[q] = n;
+      }
       result[p] = c;
     } else {
       removeTree(p);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { applyEtcMerge, planEtcMerge } from '../../src/etc/index.ts';
 import { PivotError } from '../../src/errors.ts';
 import {
-  cleanup, materialize, modelMerge, normalize, randomTrees, sameNode, snapshot, specSnapshot, tempDir, withoutXattrs,
+  cleanup, d, f, materialize, modelMerge, normalize, randomTrees, sameNode, snapshot, specSnapshot, tempDir, withoutXattrs,
   type Spec,
 } from './helpers.ts';
 
@@ -50,6 +50,45 @@ describe('random three-way trees on disk', () => {
     }
     expect(merged).toBeGreaterThan(200);
     expect(refused).toBeGreaterThan(0);
+  });
+});
+
+describe('random trees with a re-moded directory that upstream removed', () => {
+  // The plain generator almost never makes this case, so it is forced here: in each seed's trees
+  // one base directory with children gets a new mode (or owner) in current and disappears from
+  // new, or turns into a file there. ostree keeps such a directory whole.
+  it('400 seeds: the directory and everything below it stay as current has them, as in the model', async () => {
+    let forced = 0;
+    for (let seed = 1; seed <= 400; seed++) {
+      const { base, current, next } = randomTrees(seed * 104_729);
+      const b = normalize(base);
+      const c = normalize(current);
+      const dir = Object.keys(b).sort().find((p) => b[p]!.t === 'd' && c[p]?.t === 'd' && sameNode(b[p], c[p])
+        && Object.keys(c).some((q) => under(p, q) && b[q] !== undefined && sameNode(b[q], c[q])));
+      if (!dir) continue;
+      const was = b[dir] as { m: number; u: number; g: number };
+      const cur: Spec = { ...c, [dir]: seed % 2 ? d(was.m === 0o700 ? 0o750 : 0o700, was.u, was.g) : d(was.m, was.u === 1000 ? 0 : 1000, was.g) };
+      const nxt: Spec = Object.fromEntries(Object.entries(normalize(next)).filter(([p]) => p !== dir && !under(dir, p)));
+      if (seed % 3 === 0) nxt[dir] = f('now a file');
+      const root2 = join(root, `forced-${seed}`);
+      materialize(join(root2, 'b'), b);
+      materialize(join(root2, 'c'), cur);
+      materialize(join(root2, 'n'), nxt);
+      const model = modelMerge(b, cur, nxt);
+      if ('conflict' in model) {
+        cleanup(root2);
+        continue;
+      }
+      const plan = await planEtcMerge({ base: join(root2, 'b'), current: join(root2, 'c'), new: join(root2, 'n') });
+      await applyEtcMerge(plan, { durable: false });
+      const after = withoutXattrs(snapshot(join(root2, 'c')));
+      expect(after, `seed ${seed}: equals the ostree model`).toEqual(specSnapshot(model.result));
+      const kept = specSnapshot(cur);
+      for (const [p, node] of kept) if (p === dir || under(dir, p)) expect(after.get(p), `seed ${seed}: ${p} kept`).toEqual(node);
+      forced++;
+      cleanup(root2);
+    }
+    expect(forced).toBeGreaterThan(25);
   });
 });
 

@@ -111,7 +111,7 @@ describe('recovery with a live writer', () => {
     const child = spawn('sleep', ['30'], { stdio: 'ignore' });
     const pid = child.pid as number;
     try {
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => child.once('spawn', r));
       const journal = join(root, JOURNAL_NAME);
       mkdirSync(join(journal, 'b'), { recursive: true });
       const header = { v: 1, current: etc, pid, bootId: readBootId(), startTicks: startTicks(pid), startedAt: new Date().toISOString() };

@@ -91,6 +91,51 @@ describe('staging faults (pull --dest)', () => {
   });
 });
 
+describe('staging faults (run --dry-run)', () => {
+  // The staging directory on a tmpfs of its own inside a private namespace: read-only, or too
+  // small for the blob cache plus the tree while the free-space estimate still passes.
+  const runWithStaging = async (name: string, tmpfsOptions: string): Promise<{ code: number | null; errorLine: string; left: string }> => {
+    const mnt = join(tmp, name);
+    mkdirSync(mnt);
+    const cfg = join(tmp, `${name}.json`);
+    writeFileSync(cfg, JSON.stringify({ image: `${reg.host}/ns/app:v1`, registriesConf: conf, stagingDir: join(mnt, 'staging'), stateDir: join(tmp, `${name}-state`), spaceFactor: 1 }));
+    const script = 'mount -t tmpfs -o "$OPTS" none "$MNT" && "$@"; rc=$?; ls -A "$MNT" >&2; exit $rc';
+    const r = await runCli(['run', '--config', cfg, '--dry-run'], {
+      argv0: ['env', `MNT=${mnt}`, `OPTS=${tmpfsOptions}`, 'unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath],
+    });
+    return { code: r.code, errorLine: r.errorLine, left: readdirSync(mnt).join(',') };
+  };
+
+  faultCase(CAT, 'EROFS: staging directory on a read-only filesystem', 'exit 9 naming the staging directory and EROFS', async () => {
+    const r = await runWithStaging('ro-staging', 'ro,size=8m');
+    expect(r.code, r.errorLine).toBe(9);
+    expect(r.errorLine).toMatch(/^preflight: .*EROFS.*staging/);
+    expect(r.errorLine).toMatch(/Fix: /);
+    return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
+  });
+
+  faultCase(CAT, 'an application image without usr/ (digests all fine)', 'exit 2 naming the image field, not 4 (verification); staging left without the tree', async () => {
+    const app = await buildOciLayout(join(tmp, 'app-src'), { tag: 'v1', layers: [{ data: await simpleTar({ 'app/': '', 'app/server': 'bin' }), mediaType: OCI_LAYER_TAR }] });
+    await pushLayout(app.layoutDir, 'v1', reg.host, 'ns/webapp');
+    const staging = join(tmp, 'app-staging');
+    const cfg = join(tmp, 'app.json');
+    writeFileSync(cfg, JSON.stringify({ image: `${reg.host}/ns/webapp:v1`, registriesConf: conf, stagingDir: staging, stateDir: join(tmp, 'app-state') }));
+    const r = await runCli(['run', '--config', cfg, '--dry-run']);
+    expect(r.code, r.errorLine).toBe(2);
+    expect(r.errorLine).toMatch(/^config: image .* has no usr\/ directory \(field image\)\. Fix: point image at a bootable node image/);
+    expect(readdirSync(staging).filter((n) => n !== 'blobs')).toEqual([]);
+    return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
+  });
+
+  faultCase(CAT, 'ENOSPC: staging fills up during the pull (blob cache plus tree)', 'exit 5 naming ENOSPC; not exit 1', async () => {
+    const r = await runWithStaging('full-staging', 'size=3m');
+    expect(r.code, r.errorLine).toBe(5);
+    expect(r.errorLine).toMatch(/ENOSPC/);
+    expect(r.errorLine).toMatch(/Fix: free space/);
+    return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
+  });
+});
+
 describe('/etc apply killed at action k (etc-merge CLI), then rerun', () => {
   let fixture: string;
   let merged: ReturnType<typeof snapshot>;

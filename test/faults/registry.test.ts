@@ -261,7 +261,7 @@ describe('permanent faults fail cleanly', () => {
     return `exit ${p.run.code} after ${proxy.seen.filter((s) => s.action === 'status').length} tries: ${p.run.errorLine.slice(0, 90)}`;
   }, 90_000);
 
-  faultCase(CAT, 'reset at byte 700000, then the link stays down (503)', 'exit 3, DIR.partial kept; rerun resumes from byte 700000', async () => {
+  faultCase(CAT, 'reset at byte 700000, then the link stays down (503)', 'exit 3, DIR.partial kept; rerun resumes from exactly the kept bytes (at most 700000)', async () => {
     proxy.rules = [
       { match: BIG_BLOB(), fault: { kind: 'reset', afterBytes: 700_000 }, times: 1 },
       { match: BIG_BLOB(), fault: { kind: 'status', status: 503 } },
@@ -270,15 +270,20 @@ describe('permanent faults fail cleanly', () => {
     expect(first.run.code).toBe(3);
     expect(existsSync(first.out)).toBe(false);
     const kept = join(`${first.out}.partial`, 'blobs', 'sha256', `${bigLayer().digest.slice(7)}.partial`);
-    expect(readFileSync(kept).length).toBe(700_000);
+    // The proxy resets after 700000 bytes, but a reset discards what the kernel had not sent
+    // yet, and how much that is depends on the machine's load: the rerun must resume from
+    // exactly what was kept, whatever it is.
+    const keptBytes = readFileSync(kept).length;
+    expect(keptBytes).toBeGreaterThan(0);
+    expect(keptBytes).toBeLessThanOrEqual(700_000);
     proxy.reset();
     const out = first.out;
     const run = await runCli(['pull', `${proxy.host}/ns/app:v1`, '--oci-layout', out, '--registries-conf', conf([proxy.host]), '--json']);
     expect(run.code, run.stderr).toBe(0);
     layoutComplete(out);
     const summary = JSON.parse(run.stdout) as { bytesResumed: number; bytesFetched: number };
-    expect(summary.bytesResumed).toBe(700_000);
-    expect(rangedBlobRequests()).toEqual(['bytes=700000-']);
+    expect(summary.bytesResumed).toBe(keptBytes);
+    expect(rangedBlobRequests()).toEqual([`bytes=${keptBytes}-`]);
     return `first exit 3 (${first.run.errorLine.slice(0, 50)}...); rerun exit 0, resumed ${summary.bytesResumed} B from DIR.partial`;
   }, 90_000);
 

@@ -22,6 +22,7 @@ function recordingCaps(failAt?: 'mount' | 'etc-apply'): { caps: PivotCapabilitie
   const caps: PivotCapabilities = {
     stagedPath: (_cfg, digest) => join(dir, 'staging', digest),
     pendingEtcJournal: () => 'none',
+    recoverMounts: async () => [],
     recoverEtc: async () => 'none',
     resolve: async () => ({ reference: 'r/n:1', manifestDigest: 'sha256:' + 'a'.repeat(64), compressedBytes: 1, layerCount: 1 }),
     pull: async (cfg) => { calls.push('pull'); return { root: join(cfg.stagingDir, 'x'), reused: false, facts: {} }; },

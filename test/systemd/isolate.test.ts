@@ -75,6 +75,15 @@ describe('refreshSystemd', () => {
     expect(err.fix).toMatch(/journalctl -b -u crio\.service/);
   });
 
+  it('decides "no such unit" by the D-Bus error name, not by words in the text', async () => {
+    const { run } = recorder();
+    ctx.fake.scripts.push({ error: { name: 'org.freedesktop.systemd1.LoadFailed', text: 'Unit crio.service not found in any path, failed to load.' } });
+    const err = (await refreshSystemd(ctx.mgr, { restartUnits: ['crio.service'], run }).catch((e: unknown) => e)) as PivotError;
+    expect(err).toMatchObject({ kind: 'systemd', facts: { dbusError: 'org.freedesktop.systemd1.LoadFailed' } });
+    ctx.fake.scripts.push({ error: { name: 'org.freedesktop.systemd1.NoSuchUnit', text: 'no words to match here' } });
+    expect((await refreshSystemd(ctx.mgr, { restartUnits: ['gone.service'], run })).restarted).toEqual({ 'gone.service': 'not-found' });
+  });
+
   it('fails on sysusers (users are needed) but only warns on tmpfiles (partial by nature)', async () => {
     const warn = recorder({ 'systemd-tmpfiles': { exitCode: 65, stderr: '/usr/lib/tmpfiles.d/x.conf:3: Unknown user "nope".\nmore' } });
     const r = await refreshSystemd(ctx.mgr, { restartUnits: [], run: warn.run });

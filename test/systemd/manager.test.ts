@@ -82,9 +82,14 @@ describe('SystemdManager jobs', () => {
     ctx.fake.scripts.push({ order: 'signal-first' });
     const strayJob = await stray.startUnit('other.service', 'replace');
     await stray.close();
-    await new Promise((r) => setTimeout(r, 50));
+    // A round trip on our connection: the bus delivers the fake's signal to us before this reply.
+    await ctx.mgr.facts();
     const err = await ctx.mgr.waitForJob(strayJob, 100).catch((e: unknown) => e);
     expect(err).toMatchObject({ message: expect.stringMatching(/did not finish/) });
+    // Positive control: the same early signal for a job we did start is kept and found.
+    ctx.fake.scripts.push({ order: 'signal-first', result: 'done' });
+    const { removed } = await startAndWait('replace');
+    expect(removed.result).toBe('done');
   });
 });
 

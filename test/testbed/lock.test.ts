@@ -15,14 +15,23 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-function holder(lock: string, log: string): Promise<number | null> {
+/**
+ * One process that takes the lock. Before asking for it, it signs `waiting`; inside, the first
+ * one in holds on until all `holders` have signed, so the others are really contending.
+ */
+function holder(lock: string, log: string, waiting: string, holders: number): Promise<number | null> {
   const code = `import { withLock } from ${JSON.stringify(LOCK_TS)};
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
+appendFileSync(${JSON.stringify(waiting)}, process.pid + '\\n');
 await withLock(${JSON.stringify(lock)}, async () => {
   appendFileSync(${JSON.stringify(log)}, 'in ' + process.pid + '\\n');
-  await new Promise((r) => setTimeout(r, 150));
+  const deadline = Date.now() + 60000;
+  while (readFileSync(${JSON.stringify(waiting)}, 'utf8').trim().split('\\n').length < ${holders}) {
+    if (Date.now() > deadline) process.exit(3);
+    await new Promise((r) => setTimeout(r, 20));
+  }
   appendFileSync(${JSON.stringify(log)}, 'out ' + process.pid + '\\n');
-});`;
+}, 120000);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: 'inherit' });
   return new Promise((r) => child.once('exit', (c) => r(c)));
 }
@@ -31,7 +40,8 @@ describe('withLock', () => {
   it('lets one process at a time in, across processes', async () => {
     const lock = join(dir, 'x.lock');
     const log = join(dir, 'log');
-    expect(await Promise.all([holder(lock, log), holder(lock, log), holder(lock, log)])).toEqual([0, 0, 0]);
+    const waiting = join(dir, 'waiting');
+    expect(await Promise.all([1, 2, 3].map(() => holder(lock, log, waiting, 3)))).toEqual([0, 0, 0]);
     const lines = readFileSync(log, 'utf8').trim().split('\n');
     expect(lines).toHaveLength(6);
     for (let i = 0; i < 6; i += 2) {

@@ -111,6 +111,8 @@ describe('what the units promise', () => {
       expect(words(s, 'Unit', 'After')).toContain('network-online.target');
       expect(words(s, 'Unit', 'Wants')).toContain('network-online.target');
       expect(s.Service!.NotifyAccess).toEqual(['all']);
+      // A stop signals the agent only; it finishes a mount step instead of losing its child.
+      expect(s.Service!.KillMode).toEqual(['mixed']);
       for (const key of ['MountFlags', 'PrivateMounts', 'PrivateTmp', 'ProtectSystem', 'ProtectHome', 'RootDirectory', 'ReadOnlyPaths']) {
         expect(s.Service![key], `${key} would keep the /usr mount from the host`).toBeUndefined();
       }

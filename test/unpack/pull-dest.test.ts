@@ -1,7 +1,7 @@
 // pull IMAGE --dest DIR against a real loopback registry, compared with umoci unpack of the same
 // image; a failed pull leaves neither DIR nor DIR.partial behind.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildOciLayout, pushLayout, registryBlobPath, type BuiltImage } from '../helpers/oci-image.ts';
@@ -19,6 +19,7 @@ let sb: Sandbox;
 let reg: RunningRegistry;
 let conf: string;
 let img: BuiltImage;
+let gzLayout: string;
 
 describe.skipIf(!isRoot)('pull --dest', () => {
   beforeAll(async () => {
@@ -30,6 +31,7 @@ describe.skipIf(!isRoot)('pull --dest', () => {
     img = await buildOciLayout(join(sb.base, 'dest-src'), { tag: 'v1', layers: layers.map((l) => ({ data: compress(l.tar, l.mediaType), mediaType: l.mediaType })) });
     await pushLayout(img.layoutDir, 'v1', reg.host, 'ns/node');
     const gz = await buildOciLayout(join(sb.base, 'dest-gz'), { tag: 'v1', layers: layers.map((l) => ({ data: compress(l.tar, l.mediaType === ZSTD ? GZIP : l.mediaType), mediaType: l.mediaType === ZSTD ? GZIP : l.mediaType })) });
+    gzLayout = gz.layoutDir;
     execFileSync('umoci', ['unpack', '--image', `${gz.layoutDir}:v1`, join(sb.base, 'dest-umoci')], { stdio: 'pipe' });
   });
   afterAll(async () => {
@@ -55,6 +57,31 @@ describe.skipIf(!isRoot)('pull --dest', () => {
     rmSync(join(umociRoot, 'dev-null')); // devices are skipped by default (allowDevices false)
     expect(compareTrees(umociRoot, out, { ignoreXattrs: ['security.selinux'] })).toEqual([]);
     expect(readFileSync(join(out, 'usr/bin/bash'), 'utf8')).toBe('bash binary');
+  });
+
+  it('--keep-sysroot keeps sysroot/ostree, exactly as umoci unpack does', () => {
+    const out = join(sb.base, 'dest-keep');
+    const r = runCli(['pull', `${reg.host}/ns/node:v1`, '--dest', out, '--keep-sysroot', '--registries-conf', conf, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const umoci = join(sb.base, 'dest-umoci-keep');
+    execFileSync('umoci', ['unpack', '--image', `${gzLayout}:v1`, umoci], { stdio: 'pipe' });
+    rmSync(join(umoci, 'rootfs', 'dev-null'));
+    expect(existsSync(join(out, 'sysroot/ostree/repo/objects'))).toBe(true);
+    expect(compareTrees(join(umoci, 'rootfs'), out, { ignoreXattrs: ['security.selinux'] })).toEqual([]);
+    expect(runCli(['pull', `${reg.host}/ns/node:v1`, '--oci-layout', join(sb.base, 'x'), '--keep-sysroot']).code).toBe(2);
+  });
+
+  it('after dropping the ostree repo, sysroot/ keeps the image mtime (the same as umoci gives it)', () => {
+    const out = join(sb.base, 'dest-mtime');
+    expect(runCli(['pull', `${reg.host}/ns/node:v1`, '--dest', out, '--registries-conf', conf]).code).toBe(0);
+    expect(existsSync(join(out, 'sysroot/ostree'))).toBe(false);
+    const umoci = join(sb.base, 'dest-umoci-mtime');
+    execFileSync('umoci', ['unpack', '--image', `${gzLayout}:v1`, umoci], { stdio: 'pipe' });
+    const mtime = (p: string): number => statSync(p).mtimeMs;
+    expect(mtime(join(out, 'sysroot'))).toBe(1_650_000_000_000);
+    expect(mtime(join(out, 'sysroot'))).toBe(mtime(join(umoci, 'rootfs/sysroot')));
+    // And every other directory the drop could touch keeps its mtime too: the root and usr/.
+    for (const rel of ['', 'usr', 'usr/bin']) expect(mtime(join(out, rel)), rel || '/').toBe(mtime(join(umoci, 'rootfs', rel)));
   });
 
   it('prints a human summary line', () => {
