@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentChannel, shellQuote } from './agent-channel.ts';
 import { ensureVmImage } from './image.ts';
 import { buildProvisionLayer, type Provision } from './provision.ts';
+import type { ExecResult, UnitState } from '../machine.ts';
 
 /** The guest reaches forwarded host services at this address (qemu's guestfwd); no DNS. */
 export const GUEST_FORWARD_HOST = '10.0.2.100';
@@ -51,17 +52,7 @@ export interface VmExecOptions {
   direct?: boolean;
 }
 
-export interface ExecResult {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-}
-
-export interface UnitState {
-  activeState: string;
-  subState: string;
-  result: string;
-}
+export type { ExecResult, UnitState };
 
 const live = new Set<Vm>();
 let exitHookInstalled = false;
