@@ -4,7 +4,7 @@
 // Generates the reference images (cached in .cache/bench, keyed by seed and spec), starts a
 // loopback docker-registry whose storage is on the staging tmpfs, pushes them, then runs the
 // contenders (see runners.ts) interleaved, REPS times each, every run into a fresh directory on
-// the tmpfs. Then the /etc merge, resolve and pivot-overhead numbers. Prints a ratio table and
+// the tmpfs. Then the /etc merge, resolve, pivot-overhead and per-layer (layers.ts) numbers. Prints a ratio table and
 // writes bench/results/latest.json (full runs) or .cache/bench/quick.json (--quick).
 // docs/benchmarks.md explains every number.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -174,6 +174,7 @@ async function main(): Promise<void> {
           .catch((err: unknown) => { say(`pivot: could not run (${(err as Error).message})`); return undefined; });
       }
       extras.pivot = pivotOverhead(stateFile);
+      if (!quick) extras.layers = perLayerBench(binary, reps);
     }
 
     const report = {
@@ -198,6 +199,17 @@ async function main(): Promise<void> {
     await reg?.stop();
     cleanup();
   }
+}
+
+/**
+ * Many-layer images (64-chunk ostree-native, 400-layer chunkah) against skopeo+umoci: its own
+ * script (scripts/bench/layers.ts), which builds its images and registry; its report is kept here.
+ */
+function perLayerBench(binary: string, reps: number): unknown {
+  const out = join(root, '.cache', 'bench', 'layers.json');
+  const r = spawnSync(process.execPath, [join(root, 'scripts/bench/layers.ts'), '--reps', String(reps), '--binary', binary, '--out', out], { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) return { error: `scripts/bench/layers.ts exited ${String(r.status ?? r.signal)}` };
+  return JSON.parse(readFileSync(out, 'utf8')) as unknown;
 }
 
 await main();
