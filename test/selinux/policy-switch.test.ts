@@ -127,7 +127,7 @@ describe.skipIf(!haveTools)('labelStagedTree: load, label, put back', () => {
     // A policy.33 that is not a policy: the stand-in kernel takes it, setfiles -c does not.
     const s = stage({ stagedPolicy: 'NEW POLICY', bootedPolicy: 'BOOTED POLICY', fc: '/usr(/.*)?\tsystem_u:object_r:usr_t:s0\n' });
     const err = await labelStagedTree({ stagedRoot: s.staged, setting: 'auto', selinuxfs: s.selinuxfs, etcSelinux: s.etcSelinux }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ kind: 'unpack', message: expect.stringMatching(/^setfiles failed labelling the staged tree: .+/) });
+    expect(err).toMatchObject({ kind: 'selinux', message: expect.stringMatching(/^setfiles failed labelling the staged tree: .+/) });
     // The error is setfiles' own line, not "exit 255": its stderr reached us.
     expect((err as Error).message).not.toMatch(/exit \d+$/);
     expect(readFileSync(join(s.selinuxfs, 'load'), 'utf8')).toBe('BOOTED POLICY');
