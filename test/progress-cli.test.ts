@@ -1,13 +1,16 @@
 // --progress-fd through the real CLI: the Result line of a failing run, the console message of a
 // config error, and a reader that closes before the run writes (EPIPE): one log line, the run's
 // own exit code, no SIGPIPE.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { MAIN } from './faults/cli.ts';
+import { startRegistry, type RunningRegistry } from './helpers/registry.ts';
+import { buildOciLayout, gzip, OCI_LAYER_GZIP, pushLayout, simpleTar, type BuiltImage } from './helpers/oci-image.ts';
+import { insecureConf } from './registry/util.ts';
 
 let dir: string;
 beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'nip-progress-cli-')); });
@@ -71,5 +74,45 @@ describe('--progress-fd through the CLI', () => {
   it('refuses fds 0-2 and one the parent did not pass (fd 9 is then one of Node\'s own) with exit 2', async () => {
     expect((await cli(['run', '--progress-fd', '1'])).code).toBe(2);
     expect((await cli(['pull', 'x/y:z', '--dest', join(dir, 'd'), '--progress-fd', '9'])).code).toBe(2);
+  });
+});
+
+describe('--progress-fd of pull --oci-layout, against a real registry', () => {
+  let reg: RunningRegistry;
+  let img: BuiltImage;
+  let conf: string;
+  let regDir: string;
+  beforeAll(async () => {
+    regDir = mkdtempSync(join(tmpdir(), 'nip-progress-layout-'));
+    reg = await startRegistry();
+    conf = insecureConf(regDir, [reg.host]);
+    img = await buildOciLayout(join(regDir, 'src'), {
+      tag: 'v1',
+      layers: [
+        { data: await gzip(await simpleTar({ 'usr/': '', 'usr/a': 'a'.repeat(100_000) })), mediaType: OCI_LAYER_GZIP },
+        { data: await gzip(await simpleTar({ 'usr/': '', 'usr/b': 'b'.repeat(50_000) })), mediaType: OCI_LAYER_GZIP },
+      ],
+    });
+    await pushLayout(img.layoutDir, 'v1', reg.host, 'ns/layout');
+  });
+  afterAll(async () => {
+    await reg?.stop();
+    rmSync(regDir, { recursive: true, force: true });
+  });
+
+  it('carries byte progress: the image\'s layer bytes as total, each layer a subtask that completes', async () => {
+    const r = await cli(['pull', `${reg.host}/ns/layout:v1`, '--oci-layout', join(dir, 'layout'), '--registries-conf', conf, '--progress-fd', '3']);
+    expect(r.code).toBe(0);
+    const ev = events(r.progress);
+    const bytes = ev.filter((e) => e.type === 'ProgressBytes') as Array<{ bytes: number; bytesTotal: number; subtasks: Array<{ id: string; bytes: number; bytesTotal: number }> }>;
+    const total = img.layers.reduce((n, l) => n + l.size, 0);
+    expect(bytes.length).toBeGreaterThan(0);
+    for (const b of bytes) expect(b.bytesTotal).toBe(total);
+    // The phase's last count always goes out (phaseEnd): everything fetched, every layer complete.
+    const last = bytes.at(-1)!;
+    expect(last.bytes).toBe(total);
+    expect(last.subtasks.map((s) => s.id)).toEqual(img.layers.map((l) => l.digest));
+    for (const s of last.subtasks) expect(s.bytes).toBe(s.bytesTotal);
+    expect(ev.at(-1)).toMatchObject({ type: 'Result', result: 'done', exitCode: 0, digest: img.manifestDigest });
   });
 });

@@ -1,5 +1,5 @@
 import type { Command, ParsedArgs } from './types.ts';
-import { pullProgress, type Progress } from '../progress.ts';
+import { JSONL_INTERVAL_MS, pullProgress, type Progress } from '../progress.ts';
 import { PivotError, asPivotError } from '../errors.ts';
 import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
 import { progressFdOption, progressFor, resultOfError } from './progress-option.ts';
@@ -28,8 +28,8 @@ export const pullCommand: Command = {
     'A bootable image (label ostree.commit or containers.bootc=1) unpacks as bootc imports it: etc/ at',
     'usr/etc/, derived var/ at usr/share/factory/var/, other top-level paths of derived layers dropped',
     'and counted (docs/unpack.md).',
-    '--progress-fd writes JSON lines for an installer\'s UI (docs/progress.md); with --dest they',
-    'carry byte progress per layer, with --oci-layout only the start, the end and the result.',
+    '--progress-fd writes JSON lines for an installer\'s UI (docs/progress.md), with byte progress and',
+    'a subtask per layer (with --oci-layout a layer\'s subtask completes when its blob is verified).',
   ].join('\n'),
   options: {
     dest: { type: 'string' },
@@ -60,7 +60,7 @@ export const pullCommand: Command = {
     const progress = progressFor(args.values, 'pull', ['pull']);
     try {
       progress.phase('pull');
-      const { summary, text } = dest !== undefined ? await pullDest(args, dest, progress) : await pullLayout(args, layout!);
+      const { summary, text } = dest !== undefined ? await pullDest(args, dest, progress) : await pullLayout(args, layout!, progress);
       progress.phaseEnd('pull', 'done');
       progress.result({ result: 'done', exitCode: 0, digest: summary.manifestDigest });
       await progress.close();
@@ -87,12 +87,27 @@ async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Pro
   return { summary, text: formatPullSummary(summary) };
 }
 
-async function pullLayout(args: ParsedArgs, layout: string): Promise<Pulled> {
+async function pullLayout(args: ParsedArgs, layout: string, progress: Progress): Promise<Pulled> {
   const { openImage, writeOciLayout } = await import('../registry/index.ts');
   const started = Date.now();
   const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
+  // Layers download in parallel, so the bytes come from the transfer counters, sampled; a layer's
+  // own bar fills when its blob is verified.
+  const layers = [...new Map(image.layers.map((l) => [l.digest, l])).values()];
+  const bytesTotal = layers.reduce((n, l) => n + l.size, 0);
+  const verified = new Set<string>();
+  const report = (): void => {
+    const st = image.stats();
+    progress.update({
+      phase: 'pull', detail: `${verified.size}/${layers.length} layers`, unit: 'bytes', total: bytesTotal,
+      done: Math.min(bytesTotal, st.bytesFetched + st.bytesResumed + st.bytesFromCache),
+      layers: layers.map((l) => ({ digest: l.digest, bytesTotal: l.size, bytes: verified.has(l.digest) ? l.size : 0 })),
+      layerCount: layers.length,
+    });
+  };
+  const sampler = setInterval(report, JSONL_INTERVAL_MS).unref();
   try {
-    const result = await writeOciLayout(image, layout);
+    const result = await writeOciLayout(image, layout, (l) => { verified.add(l.digest); report(); });
     const stats = image.stats();
     const summary = {
       image: image.reference.toString(),
@@ -107,6 +122,7 @@ async function pullLayout(args: ParsedArgs, layout: string): Promise<Pulled> {
     const text = `pulled ${summary.image}@${summary.manifestDigest} into ${summary.dir} (${summary.blobs} blobs, ${summary.bytes} bytes, ${stats.bytesFetched} fetched, ${summary.seconds}s)\n`;
     return { summary, text };
   } finally {
+    clearInterval(sampler);
     await image.close();
   }
 }

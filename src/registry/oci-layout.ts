@@ -17,13 +17,16 @@ export interface LayoutResult {
   bytes: number;
 }
 
-export async function writeOciLayout(image: OpenedImage, dir: string): Promise<LayoutResult> {
+/** Called as each layer blob is verified in DIR.partial (for byte progress). */
+export type LayerDone = (layer: { digest: string; size: number }) => void;
+
+export async function writeOciLayout(image: OpenedImage, dir: string, onLayerDone?: LayerDone): Promise<LayoutResult> {
   if (existsSync(dir)) {
     throw new PivotError('usage', `${dir} already exists`, { path: dir, fix: 'remove it or choose another --oci-layout directory' });
   }
   const partial = `${dir}.partial`;
   try {
-    return await writeInto(image, dir, partial);
+    return await writeInto(image, dir, partial, onLayerDone);
   } catch (err) {
     // A transient failure keeps DIR.partial so that a rerun resumes its verified blobs; after a
     // permanent one (a digest mismatch, a bad manifest) a rerun fails the same way, so nothing
@@ -33,7 +36,7 @@ export async function writeOciLayout(image: OpenedImage, dir: string): Promise<L
   }
 }
 
-async function writeInto(image: OpenedImage, dir: string, partial: string): Promise<LayoutResult> {
+async function writeInto(image: OpenedImage, dir: string, partial: string, onLayerDone?: LayerDone): Promise<LayoutResult> {
   const blobDir = join(partial, 'blobs', 'sha256');
   await mkdir(blobDir, { recursive: true });
   // A rerun resumes: verified blobs already in DIR.partial are kept, *.partial ones are resumed.
@@ -42,7 +45,11 @@ async function writeInto(image: OpenedImage, dir: string, partial: string): Prom
   const blobs = [image.configDescriptor, ...layers];
   // The config was already fetched and verified by openImage.
   await writeFile(cachePath(blobDir, image.configDescriptor.digest), image.configBytes);
-  await mapLimit(layers, image.concurrency, (b) => image.fetchBlobToCache(b, blobDir));
+  await mapLimit(layers, image.concurrency, async (b) => {
+    const path = await image.fetchBlobToCache(b, blobDir);
+    onLayerDone?.(b);
+    return path;
+  });
   await writeFile(cachePath(blobDir, image.manifestDigest), image.manifestBytes);
   const tag = image.reference.tag ?? (image.reference.digest ? undefined : 'latest');
   const index = {
