@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../helpers/wait.ts';
 import { bootMachine, type Machine } from '../../scripts/testbed/machine.ts';
 import { startRegistry } from '../helpers/registry.ts';
 import { NODE_VERSION_FILE } from '../helpers/node-image.ts';
@@ -34,13 +34,9 @@ async function sh(m: Machine, script: string): Promise<string> {
 }
 
 async function until<T>(what: string, get: () => Promise<T>, ok: (t: T) => boolean, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await get();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v).slice(0, 2000)}`);
-    await sleep(100);
-  }
+  // Boxed, so that a falsy value that passes `ok` (an empty string) still ends the wait.
+  const got = await waitFor(async () => { const v = await get(); return ok(v) ? { v } : undefined; }, what, { timeoutMs, intervalMs: 100 });
+  return got.v;
 }
 
 /**
