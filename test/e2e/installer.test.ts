@@ -100,7 +100,7 @@ describe('installer-facing interfaces e2e', () => {
     expect(events.at(-1)).toEqual({ type: 'Result', result: 'done', exitCode: 0, digest: fx.image.manifestDigest });
     const steps = events.filter((e) => e.type === 'ProgressSteps') as Array<{ subtasks: Array<{ id: string; completed: boolean }>; steps: number; stepsTotal: number }>;
     const ended = steps.filter((s) => s.subtasks[0]!.completed).map((s) => s.subtasks[0]!.id);
-    expect(ended).toEqual(['preflight', 'resolve', 'pull', 'selinux', 'etc-plan', 'mount', 'etc-apply', 'refresh', 'isolate']);
+    expect(ended).toEqual(['preflight', 'resolve', 'pull', 'etc-plan', 'selinux', 'mount', 'etc-apply', 'refresh', 'isolate']);
     expect(steps.at(-1)).toMatchObject({ steps: 9, stepsTotal: 9 });
     const bytes = events.filter((e) => e.type === 'ProgressBytes') as Array<{ bytes: number; bytesTotal: number; subtasks: Array<{ id: string; bytesTotal: number }> }>;
     expect(bytes.length).toBeGreaterThan(0);
