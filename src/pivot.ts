@@ -193,8 +193,9 @@ export function reclaimableStagingBytes(stagingDir: string, keep: readonly strin
 
 // ---------------------------------------------------------------------------------------------
 // Signals. Before the switch nothing on the system has changed, and after /etc is applied the
-// pivot is complete, so a stop there exits at once. During mount and etc-apply the stop waits for
-// the step to finish, then the normal failure path makes the system all old again.
+// pivot is complete, so a stop there exits at once. During selinux (a policy load), mount and
+// etc-apply the stop waits for the step to finish, then the normal failure path makes the system
+// all old again.
 
 const CRITICAL_PHASES: ReadonlySet<PhaseName> = new Set<PhaseName>(['selinux', 'mount', 'etc-apply']);
 /** This process's run, for the signal handler. runPivot resets it; `finished` once the state file says done or skipped. */

@@ -150,10 +150,11 @@ describe('SIGTERM during run', () => {
     return { status, state };
   }
 
-  // At the start of each phase. mount and etc-apply are critical: the stop waits for the step,
-  // then the failure path decides: before /etc is applied that means all old, after it all new.
+  // At the start of each phase. selinux (it may load a policy), mount and etc-apply are critical:
+  // the stop waits for the step, then the failure path decides: before /etc is applied that means
+  // all old, after it all new.
   const outcomes: Array<[string, 'old' | 'new']> = [
-    ['preflight', 'old'], ['resolve', 'old'], ['pull', 'old'], ['selinux', 'old'], ['etc-plan', 'old'],
+    ['preflight', 'old'], ['resolve', 'old'], ['pull', 'old'], ['etc-plan', 'old'], ['selinux', 'old'],
     ['mount', 'old'], ['etc-apply', 'new'], ['refresh', 'new'],
   ];
   it.each(outcomes)('at the start of %s: exit 10, all %s, and the rerun converges', async (phase, expected) => {
@@ -165,7 +166,7 @@ describe('SIGTERM during run', () => {
       expect(r.state.error?.kind).toBe('interrupted');
       // The state file names the phase the signal landed in; a critical one finished first.
       expect(r.state.error?.message).toBe(`stopped by SIGTERM during phase ${phase}`);
-      expect(r.state.phases.at(-1)).toMatchObject({ name: phase, result: ['mount', 'etc-apply'].includes(phase) ? 'done' : 'running' });
+      expect(r.state.phases.at(-1)).toMatchObject({ name: phase, result: ['selinux', 'mount', 'etc-apply'].includes(phase) ? 'done' : 'running' });
       expect(await usrIs(m)).toBe(expected);
       expect(await sh(m, ETC_MERGE_FINGERPRINT)).toBe(expected === 'old' ? bootEtcFiles : mergedEtcFiles);
       expect(await sh(m, `awk '$5 == "/usr"' /proc/self/mountinfo | wc -l`)).toBe(expected === 'old' ? '0\n' : '1\n');

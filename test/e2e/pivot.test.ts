@@ -58,7 +58,7 @@ describe('pivot e2e', () => {
     expect(status.state.mode).toBe('isolate');
     expect(status.state.image?.digest).toBe(fx.image.manifestDigest);
     expect(status.state.phases.map((p) => `${p.name}:${p.result}`)).toEqual([
-      'preflight:done', 'resolve:done', 'pull:done', 'selinux:done', 'etc-plan:done', 'mount:done',
+      'preflight:done', 'resolve:done', 'pull:done', 'etc-plan:done', 'selinux:done', 'mount:done',
       'etc-apply:done', 'refresh:done', 'isolate:done',
     ]);
     // The generator, rerun by the final reload, no longer sends default.target to the pivot.
