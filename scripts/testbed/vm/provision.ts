@@ -79,9 +79,9 @@ export async function buildProvisionLayer(dir: string, fileContexts: string, p: 
   mkdirSync(join(root, 'usr'), { recursive: true });
   mkdirSync(join(root, 'var/usrlocal'), { recursive: true });
   symlinkSync('../var/usrlocal', join(root, 'usr/local'));
-  for (const doc of [agentIgnition(), ...(p.ignition ?? [])]) applyIgnition(doc, root);
+  for (const doc of [agentIgnition(), ...(p.ignition ?? [])]) await applyIgnition(doc, root);
   const booleans = Object.entries(p.selinuxBooleans ?? {});
-  if (booleans.length) applyIgnition(booleansIgnition(booleans), root);
+  if (booleans.length) await applyIgnition(booleansIgnition(booleans), root);
   for (const f of p.files ?? []) {
     const target = join(root, f.path);
     mkdirSync(dirname(target), { recursive: true });
