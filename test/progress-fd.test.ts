@@ -6,11 +6,11 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Progress, JSONL_INTERVAL_MS, layerTracker, pullProgress } from '../src/progress.ts';
 import { JsonlProgressWriter, MAX_QUEUED_BYTES, PROGRESS_SCHEMA, parseProgressFd, type ProgressEvent } from '../src/progress-jsonl.ts';
 import { createLogger, setLogger } from '../src/log.ts';
 import { thrown } from './helpers/thrown.ts';
+import { waitFor } from './helpers/wait.ts';
 
 let dir: string;
 let logs: string[];
@@ -28,14 +28,6 @@ afterEach(() => {
 
 function lines(path: string): ProgressEvent[] {
   return readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as ProgressEvent);
-}
-
-async function waitFor(what: string, ok: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** A reader on the far end of a FIFO running `script` with the FIFO as stdin; returns our write fd. */
@@ -132,7 +124,7 @@ describe('progress JSON lines', () => {
     const writer = new JsonlProgressWriter(fd);
     const progress = new Progress({ notify: async () => undefined, tty: false, now: (() => { let t = 0; return () => (t += JSONL_INTERVAL_MS); })(), jsonl: { writer, command: 'run', steps: ['preflight', 'pull'], id: 'run' } });
     runLike(progress, 3, 50);
-    await waitFor('the reader to stop', () => existsSync(join(dir, 'stopped')));
+    await waitFor(() => existsSync(join(dir, 'stopped')), 'the reader to stop', { timeoutMs: 20_000, intervalMs: 20 });
     // Far more than the pipe (64 KiB) and the queue bound take, all while the reader sleeps.
     runLike(progress, 40, 1000);
     expect(writer.stats.droppedLossy).toBeGreaterThan(0);
@@ -161,7 +153,7 @@ describe('progress JSON lines', () => {
     progress.phase('pull');
     await exited;
     for (let i = 0; i < 50; i++) progress.phase('pull', `after close ${i}`);
-    await waitFor('the EPIPE log line', () => logs.some((l) => l.includes(`fd ${fd} went away (EPIPE)`)));
+    await waitFor(() => logs.some((l) => l.includes(`fd ${fd} went away (EPIPE)`)), 'the EPIPE log line', { timeoutMs: 20_000, intervalMs: 20 });
     const writtenAtStop = writer.stats.written;
     for (let i = 0; i < 50; i++) progress.phase('pull', `after stop ${i}`);
     progress.result({ result: 'failed', exitCode: 3, error: { kind: 'network', message: 'm', fix: 'f', line: 'network: m. Fix: f' } });
