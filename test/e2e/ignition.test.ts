@@ -28,6 +28,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** Boots a boot image provisioned only from `doc`, and checks that it pivots by itself. */
 async function provisionAndPivot(doc: IgnitionDoc, name: string): Promise<void> {
   expect(validateIgnition34(doc)).toEqual([]);
   const m = await bootMachine({
@@ -35,14 +36,16 @@ async function provisionAndPivot(doc: IgnitionDoc, name: string): Promise<void> 
     prepare: async (root) => {
       const written = await applyIgnition(doc, root);
       expect(written).toContain('/usr/local/bin/node-image-pivot');
+      // The installer's own file, not ours: the loopback registry is plain HTTP.
       mkdirSync(join(root, 'etc/containers'), { recursive: true });
       writeFileSync(join(root, 'etc/containers/registries.conf'), `[[registry]]\nlocation = "${fx.registry.host}"\ninsecure = true\n`);
     },
   });
   try {
     await m.waitForUnit('multi-user.target', 'active', 240_000);
-    const r = await m.exec(['sh', '-c', `cat ${NODE_VERSION_FILE}; /usr/local/bin/node-image-pivot status --json`], { direct: true });
-    expect(r.stdout).toMatch(/^4\.20\.0-e2e\n/);
+    await m.waitForUnit('kubelet.service', 'active', 60_000);
+    const r = await m.exec(['sh', '-c', `cat ${NODE_VERSION_FILE} ${KUBELET_MARKER}; /usr/local/bin/node-image-pivot status --json`], { direct: true });
+    expect(r.stdout).toMatch(/^4\.20\.0-e2e\nkubelet 4\.20\.0-e2e/);
     expect(r.stdout).toMatch(/"result": "done"/);
   } finally {
     await m.dispose();
@@ -78,26 +81,6 @@ describe('ignition', () => {
     const out = join(dir, 'node.ign');
     execFileSync(defaultAgentBinary(), ['ignition', '--config', config, '--embed', '--output', out], { stdio: 'pipe' });
     const doc = JSON.parse(readFileSync(out, 'utf8')) as IgnitionDoc;
-    expect(validateIgnition34(doc)).toEqual([]);
-
-    const m = await bootMachine({
-      name: 'ignition', agentBinary: null,
-      prepare: async (root) => {
-        const written = await applyIgnition(doc, root);
-        expect(written).toContain('/usr/local/bin/node-image-pivot');
-        // The installer's own file, not ours: the loopback registry is plain HTTP.
-        mkdirSync(join(root, 'etc/containers'), { recursive: true });
-        writeFileSync(join(root, 'etc/containers/registries.conf'), `[[registry]]\nlocation = "${fx.registry.host}"\ninsecure = true\n`);
-      },
-    });
-    try {
-      await m.waitForUnit('multi-user.target', 'active', 240_000);
-      await m.waitForUnit('kubelet.service', 'active', 60_000);
-      const r = await m.exec(['sh', '-c', `cat ${NODE_VERSION_FILE} ${KUBELET_MARKER}; /usr/local/bin/node-image-pivot status --json`], { direct: true });
-      expect(r.stdout).toMatch(/^4\.20\.0-e2e\nkubelet 4\.20\.0-e2e/);
-      expect(r.stdout).toMatch(/"result": "done"/);
-    } finally {
-      await m.dispose();
-    }
+    await provisionAndPivot(doc, 'ignition');
   });
 });
