@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import { PivotError, isErrno } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
-import { readMountinfo, topMountAt } from './mountinfo.ts';
+import { accessFlags, mountHolding, readMountinfo, topMountAt, type MountAccessFlags } from './mountinfo.ts';
 import { spawnInOwnDomain } from './selinux-kernel.ts';
 
 /** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
@@ -42,7 +42,7 @@ export type MountOp =
   | { op: 'bind'; source: string; target: string }
   | { op: 'make-private'; target: string }
   | { op: 'overlay'; lowerdirs: string[]; target: string }
-  | { op: 'remount-ro'; target: string }
+  | { op: 'remount-ro'; target: string; access?: MountAccessFlags }
   | { op: 'move'; source: string; target: string }
   | { op: 'umount'; target: string; recursive: boolean; lazy: boolean };
 
@@ -133,8 +133,17 @@ export function probePathFacts(input: UsrMountInput): PathFacts {
 
 const OVERLAY_UNSAFE = /[,:\\]/;
 
+/** What a /usr without nosuid, nodev or noexec allows; the planner's default. */
+const OPEN_ACCESS: MountAccessFlags = { nosuid: false, nodev: false, noexec: false };
+
+/** The access flags of the mount that holds the booted target. */
+export function probeUsrAccess(target = '/usr'): MountAccessFlags {
+  const holder = mountHolding(readMountinfo(), normalize(target));
+  return holder ? accessFlags(holder.options) : OPEN_ACCESS;
+}
+
 /** PURE: the ordered mount operations. `facts` comes from probePathFacts (or a test). */
-export function planUsrMount(input: UsrMountInput, facts: PathFacts): UsrMountPlan {
+export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: MountAccessFlags = OPEN_ACCESS): UsrMountPlan {
   const stagedRoot = requireAbsolute(input.stagedRoot, 'stagedRoot');
   const target = requireAbsolute(input.target ?? '/usr', 'target');
   const mode = input.mode ?? 'bind';
@@ -213,7 +222,9 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts): UsrMountPl
     // A bind of a shared mount joins its peer group; private, the preserved binds below it do not
     // propagate back into the staging tree or anywhere else before the switch.
     { op: 'make-private', target: assembled },
-    { op: 'remount-ro', target: assembled },
+    // A bind keeps the flags of the mount it comes from, and staging often sits on /run, which
+    // is nosuid,nodev (noexec too, from initramfs-tools): the new /usr takes the booted one's.
+    { op: 'remount-ro', target: assembled, access: usrAccess },
   );
   for (const p of preserved) {
     prepare.push(
@@ -242,8 +253,11 @@ export function mountArgv(op: MountOp): [string, string[]] | undefined {
     case 'overlay':
       // Two or more lowerdirs and no upperdir: the overlay is read-only and needs no workdir.
       return ['mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${op.lowerdirs.join(':')}`, op.target]];
-    case 'remount-ro':
-      return ['mount', ['-o', 'remount,bind,ro', op.target]];
+    case 'remount-ro': {
+      const a = op.access;
+      const access = a ? `,${a.nosuid ? 'nosuid' : 'suid'},${a.nodev ? 'nodev' : 'dev'},${a.noexec ? 'noexec' : 'exec'}` : '';
+      return ['mount', ['-o', `remount,bind,ro${access}`, op.target]];
+    }
     case 'move':
       return ['mount', ['--move', op.source, op.target]];
     case 'umount':
@@ -326,6 +340,12 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
     if (!top || !top.options.split(',').includes('ro')) {
       throw mountError('after the move the target is not read-only', plan.target, 'check that the kernel honours remount,bind,ro here');
     }
+    const wanted = plan.prepare.find((op) => op.op === 'remount-ro' && op.target === plan.assembled);
+    const access = wanted?.op === 'remount-ro' ? wanted.access : undefined;
+    if (access && JSON.stringify(accessFlags(top.options)) !== JSON.stringify(access)) {
+      throw mountError(`after the move the target's flags are ${top.options}, not the booted /usr's nosuid/nodev/noexec`, plan.target,
+        'check for a mount stacked on the target, and that the kernel honours remount,bind with suid,dev,exec here');
+    }
   } catch (err) {
     const cause = asMountError(err, plan.target, 'see the cause; the old /usr was restored');
     try {
@@ -389,7 +409,7 @@ export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountM
  * `facts` go to the state file.
  */
 export async function mountStagedUsr(input: UsrMountInput): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }> {
-  const plan = planUsrMount(input, probePathFacts(input));
+  const plan = planUsrMount(input, probePathFacts(input), probeUsrAccess(input.target));
   const result = await applyUsrMount(plan);
   return {
     undo: async () => {

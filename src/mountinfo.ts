@@ -53,15 +53,34 @@ export function topMountAt(entries: MountinfoEntry[], path: string): MountinfoEn
  * A bind of `path` shows exactly this.
  */
 export function viewAt(entries: MountinfoEntry[], path: string): { device: string; root: string } | undefined {
+  const holder = mountHolding(entries, path);
+  if (!holder) return undefined;
+  if (holder.mountPoint === path) return { device: holder.device, root: holder.root };
+  const rest = holder.mountPoint === '/' ? path : path.slice(holder.mountPoint.length);
+  return { device: holder.device, root: holder.root === '/' ? rest : `${holder.root}${rest}` };
+}
+
+/** The per-mount flags that decide what a tree may do: run programs, honour set-id bits, open devices. */
+export interface MountAccessFlags {
+  nosuid: boolean;
+  nodev: boolean;
+  noexec: boolean;
+}
+
+/** PURE: the access flags in a mountinfo per-mount options field. */
+export function accessFlags(options: string): MountAccessFlags {
+  const o = options.split(',');
+  return { nosuid: o.includes('nosuid'), nodev: o.includes('nodev'), noexec: o.includes('noexec') };
+}
+
+/** PURE: the mount that holds `path`: the top one at it, or else the deepest one above it. */
+export function mountHolding(entries: MountinfoEntry[], path: string): MountinfoEntry | undefined {
   const at = topMountAt(entries, path);
-  if (at) return { device: at.device, root: at.root };
+  if (at) return at;
   let best: string | undefined;
   for (const e of entries) {
     const covers = e.mountPoint === '/' || path.startsWith(`${e.mountPoint}/`);
     if (covers && (best === undefined || e.mountPoint.length > best.length)) best = e.mountPoint;
   }
-  const holder = best === undefined ? undefined : topMountAt(entries, best);
-  if (!holder) return undefined;
-  const rest = best === '/' ? path : path.slice(best!.length);
-  return { device: holder.device, root: holder.root === '/' ? rest : `${holder.root}${rest}` };
+  return best === undefined ? undefined : topMountAt(entries, best);
 }

@@ -59,6 +59,7 @@ interface Report {
   pivoted?: boolean;
   pivotedAfterUndo?: boolean;
   topOptions?: string;
+  bootedOptions?: string;
   undo?: string;
   warnings?: string[];
   error?: { kind: string; exitCode: number; path?: string; fix: string; message: string; line: string };
@@ -103,6 +104,20 @@ describe.skipIf(!canUnshare())('applyUsrMount in a private mount namespace', () 
     expect(r.afterUndo).toEqual(r.before);
     expect(r.pivotedAfterUndo).toBe(false);
     expect(r.mountsAtEnd).toEqual([]);
+  });
+
+  it('staged on a nosuid,nodev,noexec filesystem (as /run is), the new /usr still runs programs like the booted one', () => {
+    const r = runInNamespace({
+      input: { stagedRoot: join(root, 'staged'), target: join(root, 'usr'), preserve: ['/usr/lib/modules'] },
+      sharedParent: root, probes, undo: true, stagingFlags: 'nosuid,nodev,noexec',
+    });
+    expect(r.error).toBeUndefined();
+    expect(r.after?.['bin/new-only']).toBe('new');
+    const flags = (o: string | undefined): string[] => (o ?? '').split(',').filter((f) => ['ro', 'nosuid', 'nodev', 'noexec'].includes(f));
+    // The fake booted /usr lives on the test's temp filesystem: whatever it allows, the new /usr allows.
+    expect(flags(r.topOptions)).toEqual(flags(`ro,${r.bootedOptions ?? ''}`).filter((f, i, a) => a.indexOf(f) === i));
+    expect(flags(r.topOptions)).not.toContain('noexec');
+    expect(r.pivotedAfterUndo).toBe(false);
   });
 
   it('mountStagedUsr (the pivot phase) switches, reports facts, and its undo restores', () => {

@@ -15,6 +15,12 @@ const base: PathFacts = {
 
 
 describe('planUsrMount', () => {
+  it('the new /usr takes the booted /usr\'s nosuid, nodev and noexec, whatever staging has', () => {
+    const booted = { nosuid: false, nodev: true, noexec: false };
+    const plan = planUsrMount({ stagedRoot: S }, base, booted);
+    expect(plan.prepare.find((op) => op.op === 'remount-ro' && op.target === `${S}.mnt/usr`)).toEqual({ op: 'remount-ro', target: `${S}.mnt/usr`, access: booted });
+  });
+
   it('assembles privately, binds the preserved path read-only, then switches with one move', () => {
     const plan = planUsrMount({ stagedRoot: S }, base);
     expect(plan.target).toBe('/usr');
@@ -25,7 +31,7 @@ describe('planUsrMount', () => {
       { op: 'make-private', target: `${S}.mnt` },
       { op: 'bind', source: `${S}/usr`, target: `${S}.mnt/usr` },
       { op: 'make-private', target: `${S}.mnt/usr` },
-      { op: 'remount-ro', target: `${S}.mnt/usr` },
+      { op: 'remount-ro', target: `${S}.mnt/usr`, access: { nosuid: false, nodev: false, noexec: false } },
       { op: 'bind', source: '/usr/lib/modules', target: `${S}.mnt/usr/lib/modules` },
       { op: 'make-private', target: `${S}.mnt/usr/lib/modules` },
       { op: 'remount-ro', target: `${S}.mnt/usr/lib/modules` },
@@ -106,6 +112,11 @@ describe('mountArgv', () => {
   it('builds util-linux argv', () => {
     expect(mountArgv({ op: 'bind', source: '/a', target: '/b' })).toEqual(['mount', ['--bind', '/a', '/b']]);
     expect(mountArgv({ op: 'remount-ro', target: '/b' })).toEqual(['mount', ['-o', 'remount,bind,ro', '/b']]);
+    // The new /usr's access flags are set, never inherited from the staging filesystem.
+    expect(mountArgv({ op: 'remount-ro', target: '/b', access: { nosuid: false, nodev: false, noexec: false } }))
+      .toEqual(['mount', ['-o', 'remount,bind,ro,suid,dev,exec', '/b']]);
+    expect(mountArgv({ op: 'remount-ro', target: '/b', access: { nosuid: true, nodev: true, noexec: false } }))
+      .toEqual(['mount', ['-o', 'remount,bind,ro,nosuid,nodev,exec', '/b']]);
     expect(mountArgv({ op: 'make-private', target: '/b' })).toEqual(['mount', ['--make-private', '/b']]);
     expect(mountArgv({ op: 'move', source: '/w/usr', target: '/usr' })).toEqual(['mount', ['--move', '/w/usr', '/usr']]);
     expect(mountArgv({ op: 'overlay', lowerdirs: ['/d', '/usr'], target: '/w/usr' }))
