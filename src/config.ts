@@ -49,6 +49,10 @@ export const configSchema = z
     certDir: absolutePath.optional(),
     platform: z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, { message: 'must be OS/ARCH[/VARIANT], e.g. linux/amd64' }).optional(),
     stagingDir: absolutePath.default('/run/node-image-pivot/staging'),
+    /** 'auto': when stagingDir would sit on a tmpfs (/run on a live ISO), mount a tmpfs of its own there, sized to RAM. */
+    stagingTmpfs: z.enum(['auto', 'off']).default('auto'),
+    /** RAM staging leaves to the node and the agent: the own tmpfs is capped at MemTotal minus this, and the space check counts MemAvailable minus this. */
+    stagingReserveMiB: z.number().int().min(0).max(1_048_576).default(1024),
     stateDir: absolutePath.default(DEFAULT_STATE_DIR),
     /** Free space needed = compressed size x this factor (expanded tree plus blob cache). */
     spaceFactor: z.number().min(1).max(100).default(3),

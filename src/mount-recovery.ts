@@ -61,7 +61,7 @@ function mountError(message: string, path: string, fix: string, cause?: unknown)
   return new PivotError('mount', message, { path, fix, ...(cause === undefined ? {} : { cause }) });
 }
 
-async function mountCmd(cmd: 'mount' | 'umount', args: string[], path: string): Promise<void> {
+export async function runMountCommand(cmd: 'mount' | 'umount', args: string[], path: string): Promise<void> {
   // In the agent's own domain, as all of its mounts (src/selinux-kernel.ts spawnInOwnDomain).
   const r = await spawnInOwnDomain(() => execa(cmd, args, { reject: false, stdin: 'ignore', all: true }));
   if (r.exitCode !== 0) {
@@ -77,7 +77,7 @@ export async function releaseLeftoverMounts(own: OwnMounts): Promise<string[]> {
   for (let next = nextLeftover(readMountinfo(), own); next !== undefined; next = nextLeftover(readMountinfo(), own)) {
     if (detached.length >= 256) throw mountError('leftover mounts do not go away', next, `detach them by hand: umount -R -l ${next}`);
     await failpointAsync('mount.release');
-    await mountCmd('umount', ['--lazy', next], next);
+    await runMountCommand('umount', ['--lazy', next], next);
     detached.push(next);
   }
   if (detached.length) log().warn({ phase: 'mount', detached }, `detached ${detached.length} mounts an interrupted run left behind`);
@@ -90,12 +90,12 @@ export async function ensureBootedUsr(own: OwnMounts): Promise<'reused' | 'made'
   if (problem === undefined) return 'reused';
   if (problem !== 'absent') {
     log().warn({ phase: 'mount', path: own.bootedUsr }, `not reusing ${own.bootedUsr}: ${problem}; making it again`);
-    while (readMountinfo().some((e) => e.mountPoint === own.bootedUsr)) await mountCmd('umount', ['--lazy', own.bootedUsr], own.bootedUsr);
+    while (readMountinfo().some((e) => e.mountPoint === own.bootedUsr)) await runMountCommand('umount', ['--lazy', own.bootedUsr], own.bootedUsr);
   }
   mkdirSync(own.bootedUsr, { recursive: true, mode: 0o755 });
   for (const args of [['--bind', own.usr, own.bootedUsr], ['--make-private', own.bootedUsr], ['-o', 'remount,bind,ro', own.bootedUsr]]) {
     await failpointAsync('mount.booted-usr');
-    await mountCmd('mount', args, own.bootedUsr);
+    await runMountCommand('mount', args, own.bootedUsr);
   }
   const after = bootedUsrProblem(readMountinfo(), own);
   if (after !== undefined) {

@@ -16,6 +16,7 @@ import { readMountinfo } from './mountinfo.ts';
 import { etcLabels, labelStagedTree } from './selinux.ts';
 import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
+import { prepareStagingFs } from './staging-fs.ts';
 
 /** The host paths the pivot acts on (tests run the whole agent inside nspawn machines instead). */
 export interface HostPaths {
@@ -195,6 +196,10 @@ export function realCapabilities(): PivotCapabilities {
         text: formatPlan(plan),
       };
       return { plan, summary };
+    },
+
+    async prepareStaging(cfg) {
+      return prepareStagingFs(cfg);
     },
 
     async usrIsPivotedTo(stagedRoot) {

@@ -9,14 +9,15 @@
 // in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
 // in refresh or isolate is reported, and a rerun picks up from there (the state file and the
 // mount table say what is already done).
-import { statfsSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
-import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, isErrno, type ExitCode } from './errors.ts';
+import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
+import type { StagingRoom } from './staging-fs.ts';
 
 /** What `resolve` learns about the node image without downloading its layers. */
 export interface ResolvedImage {
@@ -51,6 +52,8 @@ export interface PivotCapabilities {
   planEtc(cfg: Config, staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
   /** Returns an undo handle. The visible switch must be one mount. */
   mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
+  /** Makes stagingDir ready (its own tmpfs when it would sit in RAM); says how much room it has. */
+  prepareStaging(cfg: Config): Promise<StagingRoom>;
   /** Does /usr already show the staged tree rooted at `stagedRoot`? */
   usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
   applyEtc(plan: unknown): Promise<Record<string, unknown>>;
@@ -138,35 +141,12 @@ export function retryDelaySeconds(attempt: number, maxSeconds: number, restartSe
 }
 
 /** Pure: enough room to stage? Returns the shortfall message or undefined. */
-export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number): string | undefined {
+export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number, inRam = false): string | undefined {
   const needed = Math.ceil(compressedBytes * factor);
   if (availableBytes >= needed) return undefined;
   const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MiB`;
-  return `staging needs ${mib(needed)} (${mib(compressedBytes)} compressed x spaceFactor ${factor}) but only ${mib(availableBytes)} is free`;
-}
-
-function availableBytes(dir: string): number {
-  try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const s = statfsSync(dir);
-    return Number(s.bavail) * Number(s.bsize);
-  } catch (caught) {
-    // A recursive mkdir reports ENOENT for a read-only parent; a plain one says what is wrong.
-    let err = caught;
-    if (isErrno(err, 'ENOENT')) {
-      try {
-        mkdirSync(dir, { mode: 0o700 });
-      } catch (plain) {
-        err = plain;
-      }
-    }
-    // A read-only, full or foreign-owned staging filesystem is the node's setup, not a bug.
-    if (!isErrno(err, 'EROFS', 'ENOSPC', 'EDQUOT', 'EACCES', 'EPERM', 'ENOTDIR', 'ENOENT')) throw err;
-    throw new PivotError('preflight', `cannot use the staging directory: ${err.code} (${err.message})`, {
-      path: dir, cause: err,
-      fix: 'point stagingDir at a writable filesystem with room (a live ISO stages in RAM, under /run)',
-    });
-  }
+  const where = inRam ? ' in RAM (MemAvailable minus stagingReserveMiB, or the tmpfs cap)' : '';
+  return `staging needs ${mib(needed)} (${mib(compressedBytes)} compressed x spaceFactor ${factor}) but only ${mib(availableBytes)} is free${where}`;
 }
 
 /**
@@ -316,16 +296,19 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     }
 
     // 3. Pull and unpack into staging (reused when a previous run finished it).
+    const room = await caps.prepareStaging(cfg);
     const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(
-      availableBytes(cfg.stagingDir) + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]), image.compressedBytes, cfg.spaceFactor);
+      room.freeBytes + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]), image.compressedBytes, cfg.spaceFactor, room.facts.inRam);
     if (shortfall) {
       throw new PivotError('preflight', shortfall, {
         path: cfg.stagingDir,
-        fix: 'give the staging filesystem more room (live ISO: more RAM), or point stagingDir at a larger filesystem',
-        facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor },
+        fix: room.facts.inRam
+          ? `give the node more RAM (staging is in RAM: ${room.facts.filesystem}), or point stagingDir at a disk with room`
+          : 'give the staging filesystem more room, or point stagingDir at a larger filesystem',
+        facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, staging: room.facts },
       });
     }
-    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({ reused: s.reused, ...s.facts }));
+    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({ reused: s.reused, ...s.facts, staging: room.facts }));
 
     // 4. Plan /etc. A conflict stops here, before anything changes.
     const etc = await phase('etc-plan', () => caps.planEtc(cfg, staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));

@@ -25,6 +25,7 @@ function caps(over: Partial<PivotCapabilities> = {}): PivotCapabilities {
     label: async () => ({ skipped: 'test' }),
     planEtc: async () => ({ plan: {}, summary: { actions: 0, counts: {}, warnings: [], conflicts: [], text: '' } }),
     mountUsr: async () => ({ undo: async () => undefined, facts: {} }),
+    prepareStaging: async () => ({ freeBytes: 2 ** 40, facts: { filesystem: 'disk', inRam: false, reason: 'test' } }),
     usrIsPivotedTo: async () => false,
     applyEtc: async () => ({}),
     recoverEtc: async () => 'none',

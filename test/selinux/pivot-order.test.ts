@@ -28,6 +28,7 @@ function recordingCaps(failAt?: 'mount' | 'etc-apply'): { caps: PivotCapabilitie
     pull: async (cfg) => { calls.push('pull'); return { root: join(cfg.stagingDir, 'x'), reused: false, facts: {} }; },
     planEtc: async () => { calls.push('etc-plan'); return { plan: {}, summary: { actions: 0, counts: {}, warnings: [], conflicts: [], text: '' } }; },
     label: async () => { calls.push('selinux'); return { facts: { policyLoaded: true }, undo: async () => { calls.push('undo-policy'); } }; },
+    prepareStaging: async () => ({ freeBytes: 2 ** 40, facts: { filesystem: 'disk', inRam: false, reason: 'test' } }),
     usrIsPivotedTo: async () => false,
     mountUsr: async () => { step('mount'); return { undo: async () => { calls.push('undo-mount'); }, facts: {} }; },
     applyEtc: async () => { step('etc-apply'); return {}; },
