@@ -17,7 +17,7 @@ import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
 import type { Progress } from './progress.ts';
-import type { StagingRoom } from './staging-fs.ts';
+import { stagingUsedBytes, type StagingRoom } from './staging-fs.ts';
 
 /** What `resolve` learns about the node image without downloading its layers. */
 export interface ResolvedImage {
@@ -308,7 +308,9 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
         facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, staging: room.facts },
       });
     }
-    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({ reused: s.reused, ...s.facts, staging: room.facts }));
+    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({
+      reused: s.reused, ...s.facts, staging: { ...room.facts, usedBytes: stagingUsedBytes(cfg.stagingDir) }, peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    }));
 
     // 4. Plan /etc. A conflict stops here, before anything changes.
     const etc = await phase('etc-plan', () => caps.planEtc(cfg, staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));

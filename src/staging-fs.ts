@@ -131,3 +131,9 @@ export async function prepareStagingFs(cfg: { stagingDir: string; stagingTmpfs: 
     },
   };
 }
+
+/** Bytes the staging filesystem holds now (what staging costs in RAM when it has its own tmpfs). */
+export function stagingUsedBytes(dir: string): number {
+  const s = statfsSync(dir);
+  return (Number(s.blocks) - Number(s.bfree)) * Number(s.bsize);
+}
