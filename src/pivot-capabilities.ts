@@ -8,7 +8,7 @@ import { log } from './log.ts';
 import type { EtcPlanSummary, PivotCapabilities, ResolvedImage, StagedTree } from './pivot.ts';
 import { pullProgress, type Progress } from './progress.ts';
 import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
-import { pullToDest, type PullToDestSummary } from './unpack/index.ts';
+import { pullToDest, type PullToDestSummary } from './pull.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan, type EtcPlan } from './etc/index.ts';
 import { isUsrPivoted, mountStagedUsr } from './mount.ts';
 import { ensureBootedUsr, releaseLeftoverMounts, removeTreeWithinMount, type OwnMounts } from './mount-recovery.ts';

@@ -79,7 +79,7 @@ export const pullCommand: Command = {
 interface Pulled { summary: { manifestDigest: string }; text: string }
 
 async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Promise<Pulled> {
-  const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../unpack/index.ts')]);
+  const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../pull.ts')]);
   const defaults = configSchema.parse({ image: args.positionals[0] });
   const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
     limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: args.values['keep-sysroot'] === true || defaults.keepSysroot, onProgress: pullProgress(progress),
