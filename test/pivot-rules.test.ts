@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { attemptNumber, decideSkip, retryDelaySeconds, spaceShortfall } from '../src/pivot.ts';
+import { attemptNumber, decideSkip, retryDelaySeconds, spaceShortfall } from '../src/pivot-rules.ts';
 import type { PivotState } from '../src/state.ts';
 
 const digest = 'sha256:' + 'b'.repeat(64);
