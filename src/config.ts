@@ -161,7 +161,7 @@ const REFERENCE_FIELDS = ['authfile', 'registriesConf', 'certDir'] as const;
 export function inConfigTerms(err: unknown, cfg: Config, source = 'the config'): unknown {
   if (!(err instanceof PivotError) || (err.kind !== 'usage' && err.kind !== 'config')) return err;
   // The reference parser's errors carry the text they refused; a CLI flag error carries none.
-  const reference = err.field === 'image' && typeof err.facts.reference === 'string';
+  const reference = err.reason === 'reference';
   if (err.field !== undefined && !reference) return err;
   let field: string | undefined;
   for (const f of REFERENCE_FIELDS) {

@@ -94,6 +94,20 @@ const permanentKinds: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
   'etc-conflict',
 ]);
 
+/**
+ * What code may branch on besides the kind (and an errno code or a D-Bus error name). `facts`
+ * are data for the state file and the log, never a control flag.
+ */
+export type ErrorReason =
+  /** timeouts.pullSeconds is spent: no other source or attempt helps, yet a rerun may resume. */
+  | 'pull-deadline'
+  /** The image index lists no manifest for the wanted platform: no other source helps. */
+  | 'no-platform'
+  /** The connection broke or stalled after the request was answered: another attempt resumes. */
+  | 'transfer'
+  /** The reference parser refused a text (facts.reference holds it). */
+  | 'reference';
+
 export interface PivotErrorDetails {
   /** The filesystem path at fault, when there is one. */
   path?: string;
@@ -108,6 +122,9 @@ export interface PivotErrorDetails {
   exitCode?: ExitCode;
   /** Overrides the kind's default retry classification. */
   permanent?: boolean;
+  reason?: ErrorReason;
+  /** The D-Bus error name, for errors from a D-Bus call (org.freedesktop.systemd1.NoSuchUnit). */
+  dbusName?: string;
 }
 
 export class PivotError extends Error {
@@ -118,6 +135,8 @@ export class PivotError extends Error {
   readonly facts: Record<string, unknown>;
   readonly exitCode: ExitCode;
   readonly permanent: boolean;
+  readonly reason: ErrorReason | undefined;
+  readonly dbusName: string | undefined;
 
   constructor(kind: ErrorKind, message: string, details: PivotErrorDetails) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -129,6 +148,8 @@ export class PivotError extends Error {
     this.facts = details.facts ?? {};
     this.exitCode = details.exitCode ?? exitCodeByKind[kind];
     this.permanent = details.permanent ?? permanentKinds.has(kind);
+    this.reason = details.reason;
+    this.dbusName = details.dbusName;
   }
 
   /** The one line an operator reads: cause, location, fix. No newlines, ever. */

@@ -122,7 +122,7 @@ async function fetchManifest(session: RegistrySession, repository: string, refer
       // try; DNS, connect and TLS failures are not (the next source is tried instead, and
       // systemd's Restart= covers the rest), nor are permanent answers.
       const status = err instanceof RetryStatus;
-      const transfer = isRetryableError(err) && err instanceof PivotError && err.facts.stage === 'transfer';
+      const transfer = isRetryableError(err) && err instanceof PivotError && err.reason === 'transfer';
       const wait = (status ? err.waitMs : undefined) ?? backoffDelay(attempt);
       if (!(status || transfer) || attempt >= lastAttempt) throw err;
       if (budget.expired(Date.now() + wait)) {
@@ -217,7 +217,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       } catch (err) {
         lastError = err;
         const e = err as PivotError;
-        if (e instanceof PivotError && (e.kind === 'usage' || e.facts.noPlatform || isDeadline(e))) throw e;
+        if (e instanceof PivotError && (e.kind === 'usage' || e.reason === 'no-platform' || isDeadline(e))) throw e;
         const reason = err instanceof Error ? err.message : String(err);
         skipped.push({ name: source.name, reason });
         if (i + 1 < plan.sources.length) log().warn({ image: reference.toString(), source: source.name, reason }, 'source failed, trying the next one');

@@ -110,7 +110,7 @@ export function networkStage(err: unknown): NetworkStage {
   return 'transfer';
 }
 
-/** facts.code of the pull deadline (bounds.ts PullBudget): never retried, yet not permanent. */
+/** facts.code of the pull deadline (bounds.ts PullBudget), for the log; code branches on reason 'pull-deadline'. */
 export const DEADLINE_CODE = 'PULL_DEADLINE';
 
 /** HTTP statuses worth another attempt (with backoff, honouring Retry-After). */
@@ -146,7 +146,7 @@ function isParserError(err: unknown): boolean {
  * the transient ones. The one retry classification for manifests, tokens and blobs.
  */
 export function isRetryableError(err: unknown): boolean {
-  if (err instanceof PivotError) return err.kind === 'network' && !err.permanent && err.facts.code !== DEADLINE_CODE;
+  if (err instanceof PivotError) return err.kind === 'network' && !err.permanent && err.reason !== 'pull-deadline';
   const own = (err as { code?: unknown } | undefined)?.code;
   const code = errCode(err) ?? (typeof own === 'string' ? own : '');
   return RETRYABLE_CODES.has(code);
@@ -186,7 +186,7 @@ export function networkError(err: unknown, host: string, what: string, overTls =
     fix,
     facts: { host, stage, code, ...(timedOut ? { limit: timedOut[1] } : {}) },
     cause: err,
-    ...(permanent ? { permanent: true } : {}),
+    ...(permanent ? { permanent: true } : stage === 'transfer' ? { reason: 'transfer' as const } : {}),
   });
 }
 
