@@ -106,7 +106,9 @@ export type ErrorReason =
   /** The connection broke or stalled after the request was answered: another attempt resumes. */
   | 'transfer'
   /** The reference parser refused a text (facts.reference holds it). */
-  | 'reference';
+  | 'reference'
+  /** The registry's TLS certificate was refused: the same connection gets the same verdict. */
+  | 'tls-certificate';
 
 export interface PivotErrorDetails {
   /** The filesystem path at fault, when there is one. */
