@@ -2,7 +2,7 @@
 // (a path, a config field, a registry, a unit) and what the operator should do about it, so that
 // `journalctl -u node-image-pivot` shows one line that is enough to act on.
 //
-// Only cli.ts turns these into exit codes. Capabilities throw; they never call process.exit.
+// Only cli.ts turns these into exit codes. The pivot's steps throw; they never call process.exit.
 
 /** Documented in README.md ("Exit codes"). Keep the two in step. */
 export const ExitCode = {

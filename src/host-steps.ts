@@ -23,7 +23,7 @@ export function ownMounts(cfg: Config): OwnMounts {
 }
 
 /** The registry client's options for the pivot's config. */
-function pivotRegistryOptions(cfg: Config): RegistryOptions {
+function registryOptionsFromConfig(cfg: Config): RegistryOptions {
   return {
     ...(cfg.authfile ? { authfile: cfg.authfile } : {}),
     // containers-registries.conf(5): a missing default file means no mirrors, not an error.
@@ -37,7 +37,7 @@ function pivotRegistryOptions(cfg: Config): RegistryOptions {
 }
 
 async function resolveImage(cfg: Config): Promise<ResolvedImage> {
-  const opts = pivotRegistryOptions(cfg);
+  const opts = registryOptionsFromConfig(cfg);
   let reference = cfg.image;
   if (!reference) {
     const found = await resolveComponent(cfg.releaseImage!, cfg.component, opts);
@@ -71,7 +71,7 @@ export function hostSteps(): PivotSteps {
     resolve: (cfg) => resolveImage(cfg).catch((err: unknown) => { throw inConfigTerms(err, cfg); }),
     stagedPath,
     stagingRoom,
-    pull: (cfg, image, progress) => stageImage(cfg, image, pivotRegistryOptions(cfg), progress),
+    pull: (cfg, image, progress) => stageImage(cfg, image, registryOptionsFromConfig(cfg), progress),
 
     async planEtc(cfg, staged) {
       // The booted image's defaults: after a switch (a rerun) /usr is the new image, so the

@@ -9,6 +9,7 @@
 import { lstatSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, normalize, posix } from 'node:path';
 import { execa } from 'execa';
+import { DEFAULT_PRESERVE } from './config.ts';
 import { PivotError, isErrno } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
@@ -29,8 +30,6 @@ export interface UsrMountInput {
   /** A scratch directory for the private assembly mount; default `<stagedRoot>.mnt`. */
   workDir?: string;
 }
-
-export const DEFAULT_PRESERVE: readonly string[] = ['/usr/lib/modules'];
 
 export type PathKind = 'dir' | 'file' | 'symlink' | 'other' | 'missing';
 /** What the planner needs to know about the disk, keyed by absolute path (lstat semantics). */

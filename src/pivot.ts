@@ -1,4 +1,4 @@
-// The pivot, phase by phase. Each phase is one call into a capability; this file is the story:
+// The pivot, phase by phase. Each phase drives steps of the seam in src/pivot-steps.ts; this file is the story:
 //
 //   preflight -> resolve -> pull -> etc-plan -> selinux -> mount -> etc-apply -> refresh -> isolate
 //
@@ -147,7 +147,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
     await isolatePhase();
     await finish('skipped', skip);
-    await progress.ready(`skipped: ${skip.reason}`);
+    await progress.finalStatus(`skipped: ${skip.reason}`);
     return { result: 'skipped', reason: skip.reason, state: rec.state };
   };
 
@@ -227,7 +227,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     // 9. Leave the pivot target.
     await isolatePhase();
     await finish('done');
-    await progress.ready(`pivoted to ${image.manifestDigest}`);
+    await progress.finalStatus(`pivoted to ${image.manifestDigest}`);
     return { result: 'done', state: rec.state };
   } catch (err) {
     const e = await undoAfterFailure(asPivotError(err), undo);

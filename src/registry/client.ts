@@ -2,6 +2,7 @@
 // chosen from an index), the config, and verified blob access for the caller.
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { DEFAULT_CONCURRENCY, DEFAULT_REGISTRIES_CONF, DEFAULT_TIMEOUTS } from '../config.ts';
 import { PivotError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
@@ -18,7 +19,7 @@ import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
 import { refSuffix, type ImageReference } from './reference.ts';
 import { SessionPool, type RegistrySession } from './session.ts';
 import {
-  DEFAULT_BACKOFF, DEFAULT_TIMEOUTS, isRetryableError, parseRetryAfter, retryWaitMs, sleep, TransientFailure, TRANSIENT_STATUS, type Timeouts,
+  DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, retryWaitMs, sleep, TransientFailure, TRANSIENT_STATUS, type Timeouts,
 } from './transport.ts';
 
 export interface RegistryOptions {
@@ -177,7 +178,7 @@ function parseJson(bytes: Buffer, what: string): unknown {
 export async function openImage(refText: string, opts: RegistryOptions = {}): Promise<OpenedImage> {
   const timeouts: Timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const budget = new PullBudget(timeouts.pullSeconds);
-  const conf = loadRegistriesConf(opts.registriesConf ?? '/etc/containers/registries.conf', opts.registriesConf !== undefined);
+  const conf = loadRegistriesConf(opts.registriesConf ?? DEFAULT_REGISTRIES_CONF, opts.registriesConf !== undefined);
   const plan = planReference(refText, conf);
   let reference = plan.reference;
   const explicitPlatform = opts.platform !== undefined;
@@ -233,7 +234,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       platform: r.platform,
       layers: r.layers.map(strip),
       source: r.source.name,
-      concurrency: opts.concurrency ?? 3,
+      concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
       openBlob: (layer) => openBlobStream(ctx, layer),
       fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
       stats: () => ({ ...stats }),

@@ -14,7 +14,6 @@ export interface Timeouts {
   readSeconds: number;
   connectSeconds: number;
 }
-export const DEFAULT_TIMEOUTS: Timeouts = { pullSeconds: 3600, readSeconds: 60, connectSeconds: 30 };
 
 export interface CertDirContents {
   /** Extra CA PEMs (*.crt). */

@@ -11,5 +11,5 @@
 export { unpackLayers, dropOstreeRepo, type LayerSource, type UnpackOptions, type UnpackProgress, type UnpackSummary } from './layers.ts';
 export { DirectTarget, type LayerTarget, type Outcome } from './entry.ts';
 export { compressionOf, corruptLayerError, decompressionStages, type Compression } from './decompress.ts';
-export type { TarEntry, EntryType } from './tar.ts';
+export type { TarEntry, TarEntryType } from './tar.ts';
 export { bootcImageOf, type BootcImage } from './bootc.ts';
