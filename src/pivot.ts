@@ -1,4 +1,4 @@
-// The pivot, phase by phase. Each phase drives steps of the seam in src/pivot-steps.ts; this file is the story:
+// The pivot, phase by phase, driving the steps of src/pivot-steps.ts; this file is the story:
 //
 //   preflight -> resolve -> pull -> etc-plan -> selinux -> mount -> etc-apply -> refresh -> isolate
 //
