@@ -6,7 +6,13 @@ import { PivotError, isErrno } from './errors.ts';
 import { DEFAULT_STATE_DIR } from './state.ts';
 
 export const DEFAULT_CONFIG_PATH = '/etc/node-image-pivot/config.json';
+// The defaults the registry client (pull, resolve) and the mount fall back to, named here only.
 export const DEFAULT_REGISTRIES_CONF = '/etc/containers/registries.conf';
+export const DEFAULT_CONCURRENCY = 3;
+/** The image-references tag that names the node image in a release image. */
+export const DEFAULT_COMPONENT = 'rhel-coreos';
+/** Paths of the booted /usr that stay visible after the switch. */
+export const DEFAULT_PRESERVE: readonly string[] = ['/usr/lib/modules'];
 
 const absolutePath = z.string().min(1).refine((p) => p.startsWith('/'), { message: 'must be an absolute path' });
 const unitName = z
@@ -37,13 +43,15 @@ const timeoutsSchema = z.strictObject({
   retryBackoffMaxSeconds: z.number().int().min(0).max(3600).default(300),
 });
 
+export const DEFAULT_TIMEOUTS = timeoutsSchema.parse({});
+
 export const configSchema = z
   .strictObject({
     /** The node image, by digest (preferred) or tag. */
     image: z.string().min(1).optional(),
     /** Or a release image whose image-references name the node image. */
     releaseImage: z.string().min(1).optional(),
-    component: z.string().min(1).default('rhel-coreos'),
+    component: z.string().min(1).default(DEFAULT_COMPONENT),
     authfile: absolutePath.optional(),
     registriesConf: absolutePath.default(DEFAULT_REGISTRIES_CONF),
     certDir: absolutePath.optional(),
@@ -58,16 +66,16 @@ export const configSchema = z
     spaceFactor: z.number().min(1).max(100).default(3),
     skipIfPathExists: z.array(absolutePath).default([]),
     /** Paths of the booted /usr that stay visible after the switch. */
-    preserve: z.array(absolutePath.refine((p) => p.startsWith('/usr/'), { message: 'must be under /usr/' })).default(['/usr/lib/modules']),
+    preserve: z.array(absolutePath.refine((p) => p.startsWith('/usr/'), { message: 'must be under /usr/' })).default([...DEFAULT_PRESERVE]),
     restartUnits: z.array(unitName).default(['sshd.service']),
     isolateTarget: unitName.default('multi-user.target'),
-    concurrency: z.number().int().min(1).max(16).default(3),
+    concurrency: z.number().int().min(1).max(16).default(DEFAULT_CONCURRENCY),
     allowDevices: z.boolean().default(false),
     /** ostree-native images carry the object store under sysroot/; the hardlinks keep the data. */
     keepSysroot: z.boolean().default(false),
     selinux: z.enum(['auto', 'off']).default('auto'),
     limits: limitsSchema.default(limitsSchema.parse({})),
-    timeouts: timeoutsSchema.default(timeoutsSchema.parse({})),
+    timeouts: timeoutsSchema.default({ ...DEFAULT_TIMEOUTS }),
   })
   .superRefine((c, ctx) => {
     if (!c.image && !c.releaseImage) {
@@ -165,7 +173,7 @@ const REFERENCE_FIELDS = ['authfile', 'registriesConf', 'certDir'] as const;
 export function inConfigTerms(err: unknown, cfg: Config, source = 'the config'): unknown {
   if (!(err instanceof PivotError) || (err.kind !== 'usage' && err.kind !== 'config')) return err;
   // The reference parser's errors carry the text they refused; a CLI flag error carries none.
-  const reference = err.field === 'image' && typeof err.facts.reference === 'string';
+  const reference = err.reason === 'reference';
   if (err.field !== undefined && !reference) return err;
   let field: string | undefined;
   for (const f of REFERENCE_FIELDS) {

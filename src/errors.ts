@@ -2,7 +2,7 @@
 // (a path, a config field, a registry, a unit) and what the operator should do about it, so that
 // `journalctl -u node-image-pivot` shows one line that is enough to act on.
 //
-// Only cli.ts turns these into exit codes. Capabilities throw; they never call process.exit.
+// Only cli.ts turns these into exit codes. The pivot's steps throw; they never call process.exit.
 
 /** Documented in README.md ("Exit codes"). Keep the two in step. */
 export const ExitCode = {
@@ -94,6 +94,22 @@ const permanentKinds: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
   'etc-conflict',
 ]);
 
+/**
+ * What code may branch on besides the kind (and an errno code or a D-Bus error name). `facts`
+ * are data for the state file and the log, never a control flag.
+ */
+export type ErrorReason =
+  /** timeouts.pullSeconds is spent: no other source or attempt helps, yet a rerun may resume. */
+  | 'pull-deadline'
+  /** The image index lists no manifest for the wanted platform: no other source helps. */
+  | 'no-platform'
+  /** The connection broke or stalled after the request was answered: another attempt resumes. */
+  | 'transfer'
+  /** The reference parser refused a text (facts.reference holds it). */
+  | 'reference'
+  /** The registry's TLS certificate was refused: the same connection gets the same verdict. */
+  | 'tls-certificate';
+
 export interface PivotErrorDetails {
   /** The filesystem path at fault, when there is one. */
   path?: string;
@@ -108,6 +124,9 @@ export interface PivotErrorDetails {
   exitCode?: ExitCode;
   /** Overrides the kind's default retry classification. */
   permanent?: boolean;
+  reason?: ErrorReason;
+  /** The D-Bus error name, for errors from a D-Bus call (org.freedesktop.systemd1.NoSuchUnit). */
+  dbusName?: string;
 }
 
 export class PivotError extends Error {
@@ -118,6 +137,8 @@ export class PivotError extends Error {
   readonly facts: Record<string, unknown>;
   readonly exitCode: ExitCode;
   readonly permanent: boolean;
+  readonly reason: ErrorReason | undefined;
+  readonly dbusName: string | undefined;
 
   constructor(kind: ErrorKind, message: string, details: PivotErrorDetails) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -129,6 +150,8 @@ export class PivotError extends Error {
     this.facts = details.facts ?? {};
     this.exitCode = details.exitCode ?? exitCodeByKind[kind];
     this.permanent = details.permanent ?? permanentKinds.has(kind);
+    this.reason = details.reason;
+    this.dbusName = details.dbusName;
   }
 
   /** The one line an operator reads: cause, location, fix. No newlines, ever. */

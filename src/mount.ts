@@ -6,14 +6,14 @@
 // work directory onto itself, made private: the kernel refuses to move a mount whose parent is
 // shared (EINVAL), and on a systemd host every mount starts out shared, so the prepared tree
 // must not sit under one. A failure before the move leaves the target exactly as it was.
-import { lstatSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { lstatSync, rmdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, normalize, posix } from 'node:path';
-import { execa } from 'execa';
+import { DEFAULT_PRESERVE } from './config.ts';
 import { PivotError, isErrno } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
 import { accessFlags, mountHolding, readMountinfo, topMountAt, type MountAccessFlags } from './mountinfo.ts';
-import { spawnInOwnDomain } from './selinux-kernel.ts';
+import { runOp, type MountOp } from './mount-ops.ts';
 
 /** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
 export type UsrMountMode = 'bind' | 'overlay';
@@ -30,21 +30,11 @@ export interface UsrMountInput {
   workDir?: string;
 }
 
-export const DEFAULT_PRESERVE: readonly string[] = ['/usr/lib/modules'];
-
 export type PathKind = 'dir' | 'file' | 'symlink' | 'other' | 'missing';
 /** What the planner needs to know about the disk, keyed by absolute path (lstat semantics). */
 export type PathFacts = Readonly<Record<string, PathKind>>;
 
-export type MountOp =
-  | { op: 'mkdir'; path: string }
-  | { op: 'touch'; path: string }
-  | { op: 'bind'; source: string; target: string }
-  | { op: 'make-private'; target: string }
-  | { op: 'overlay'; lowerdirs: string[]; target: string }
-  | { op: 'remount-ro'; target: string; access?: MountAccessFlags }
-  | { op: 'move'; source: string; target: string }
-  | { op: 'umount'; target: string; recursive: boolean; lazy: boolean };
+export { mountArgv, type MountOp } from './mount-ops.ts';
 
 export interface PreservedPath {
   /** As configured, e.g. /usr/lib/modules. */
@@ -238,50 +228,6 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: 
     switch: { op: 'move', source: assembled, target },
     finish: [{ op: 'umount', target: workDir, recursive: false, lazy: false }],
   };
-}
-
-/** PURE: util-linux argv for one mount operation (undefined for the filesystem-only ones). */
-export function mountArgv(op: MountOp): [string, string[]] | undefined {
-  switch (op.op) {
-    case 'mkdir':
-    case 'touch':
-      return undefined;
-    case 'bind':
-      return ['mount', ['--bind', op.source, op.target]];
-    case 'make-private':
-      return ['mount', ['--make-private', op.target]];
-    case 'overlay':
-      // Two or more lowerdirs and no upperdir: the overlay is read-only and needs no workdir.
-      return ['mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${op.lowerdirs.join(':')}`, op.target]];
-    case 'remount-ro': {
-      const a = op.access;
-      const access = a ? `,${a.nosuid ? 'nosuid' : 'suid'},${a.nodev ? 'nodev' : 'dev'},${a.noexec ? 'noexec' : 'exec'}` : '';
-      return ['mount', ['-o', `remount,bind,ro${access}`, op.target]];
-    }
-    case 'move':
-      return ['mount', ['--move', op.source, op.target]];
-    case 'umount':
-      return ['umount', [...(op.recursive ? ['--recursive'] : []), ...(op.lazy ? ['--lazy'] : []), op.target]];
-  }
-}
-
-async function runOp(op: MountOp): Promise<void> {
-  if (op.op === 'mkdir') {
-    mkdirSync(op.path, { recursive: true, mode: 0o755 });
-    return;
-  }
-  if (op.op === 'touch') {
-    writeFileSync(op.path, '', { flag: 'a', mode: 0o644 });
-    return;
-  }
-  const [cmd, args] = mountArgv(op)!;
-  const r = await spawnInOwnDomain(() => execa(cmd, args, { reject: false, stdin: 'ignore', all: true }));
-  if (r.exitCode !== 0) {
-    const why = (r.all ?? '').trim().split('\n')[0] || `exit ${String(r.exitCode)}`;
-    const path = 'target' in op ? op.target : '';
-    throw mountError(`${cmd} ${args.join(' ')} failed: ${why}`, path,
-      'check the kernel log (dmesg) and that the agent runs as root in the host mount namespace (no MountFlags=, PrivateMounts=)');
-  }
 }
 
 function asMountError(err: unknown, path: string, fix: string): PivotError {

@@ -1,4 +1,4 @@
-// The pivot, phase by phase. Each phase is one call into a capability; this file is the story:
+// The pivot, phase by phase, driving the steps of src/pivot-steps.ts; this file is the story:
 //
 //   preflight -> resolve -> pull -> etc-plan -> selinux -> mount -> etc-apply -> refresh -> isolate
 //
@@ -9,76 +9,23 @@
 // in etc-apply unmounts /usr again. Once both are done the pivot is complete; a failure
 // in refresh or isolate is reported, and a rerun picks up from there (the state file and the
 // mount table say what is already done).
-import { existsSync, lstatSync, readdirSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { existsSync } from 'node:fs';
 import type { Config } from './config.ts';
 import { NOT_RETRIED_EXIT_CODES, PivotError, asPivotError, type ExitCode } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
-import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type SkipKind, type StateError } from './state.ts';
+import { attemptNumber, decideSkip, isolateSkipReason, retryDelaySeconds, spaceShortfall, type SkipDecision } from './pivot-rules.ts';
+import type { EtcPlanReport, PivotSteps, ResolvedImage } from './pivot-steps.ts';
 import type { Progress } from './progress.ts';
-import { stagingUsedBytes, type StagingRoom } from './staging-fs.ts';
-
-/** What `resolve` learns about the node image without downloading its layers. */
-export interface ResolvedImage {
-  reference: string;
-  releaseImage?: string;
-  manifestDigest: string;
-  compressedBytes: number;
-  layerCount: number;
-}
-
-export interface StagedTree {
-  /** Root of the unpacked image; its usr/ becomes /usr. */
-  root: string;
-  reused: boolean;
-  facts: Record<string, unknown>;
-}
-
-export interface EtcPlanSummary {
-  actions: number;
-  counts: Record<string, number>;
-  warnings: string[];
-  conflicts: string[];
-  text: string;
-}
-
-/** The capabilities the pivot drives. src/commands/run.ts wires the real ones. */
-export interface PivotCapabilities {
-  resolve(cfg: Config): Promise<ResolvedImage>;
-  pull(cfg: Config, image: ResolvedImage, progress: Progress): Promise<StagedTree>;
-  /** Loads the node image's policy if it differs, then labels the staged tree; `undo` puts the booted policy back. */
-  label(cfg: Config, staged: StagedTree): Promise<{ skipped?: string; facts?: Record<string, unknown>; undo?: () => Promise<void> }>;
-  planEtc(cfg: Config, staged: StagedTree): Promise<{ plan: unknown; summary: EtcPlanSummary }>;
-  /** Returns an undo handle. The visible switch must be one mount. */
-  mountUsr(cfg: Config, staged: StagedTree): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }>;
-  /** Makes stagingDir ready (its own tmpfs when it would sit in RAM); says how much room it has. */
-  prepareStaging(cfg: Config): Promise<StagingRoom>;
-  /** Does /usr already show the staged tree rooted at `stagedRoot`? */
-  usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
-  applyEtc(plan: unknown): Promise<Record<string, unknown>>;
-  recoverEtc(): Promise<'none' | 'rolled-back'>;
-  /** Detaches the mounts a crashed run left at the agent's own mount points; returns them. */
-  recoverMounts(cfg: Config): Promise<string[]>;
-  /** Whether a crashed run left an /etc journal, without touching it. */
-  pendingEtcJournal(): 'none' | 'pending';
-  refresh(cfg: Config, staged: StagedTree): Promise<Record<string, unknown>>;
-  isolate(cfg: Config): Promise<Record<string, unknown>>;
-  /**
-   * After the state file says done or skipped: let systemd rerun the generator, so default.target
-   * stops pointing at the pivot target for the rest of this boot.
-   */
-  settle(): Promise<void>;
-  /** Where to find the staged tree for a digest, if a previous run finished unpacking it. */
-  stagedPath(cfg: Config, digest: string): string;
-}
+import { StateRecorder, readState, readBootId, type PhaseName, type PivotState, type StateError } from './state.ts';
 
 export interface PivotRequest {
   cfg: Config;
   isolate: boolean;
   dryRun: boolean;
   progress: Progress;
-  caps: PivotCapabilities;
+  /** src/host-steps.ts on a node; recording fakes in the tests. */
+  steps: PivotSteps;
 }
 
 export type PivotOutcome =
@@ -88,87 +35,8 @@ export type PivotOutcome =
 
 export interface DryRunPlan {
   image: ResolvedImage;
-  etc: EtcPlanSummary;
+  etc: EtcPlanReport;
   stagedRoot: string;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Preflight: decide whether this run has anything to do.
-
-export type SkipDecision = { skip: false } | { skip: true; kind: SkipKind; reason: string };
-
-/**
- * Pure: the skip rules, given what is on disk and what the state file says. Before resolving,
- * `configured` (the image or release image as written in the config) is all we know, so a
- * restart after success needs no network; after resolving, the digest must match.
- */
-export function decideSkip(input: {
-  skipIfPathExists: string[];
-  existing: ReadonlySet<string>;
-  prior: PivotState | undefined;
-  bootId: string;
-  configured?: string;
-  digest?: string;
-}): SkipDecision {
-  const hit = input.skipIfPathExists.find((p) => input.existing.has(p));
-  if (hit) return { skip: true, kind: 'path-exists', reason: `skipIfPathExists: ${hit} exists, so this image already has the node layer` };
-  const p = input.prior;
-  if (!p || p.bootId !== input.bootId || !p.image?.digest) return { skip: false };
-  if (p.result !== 'done' && !(p.result === 'skipped' && p.skipKind === 'already-pivoted')) return { skip: false };
-  const same = input.digest
-    ? p.image.digest === input.digest
-    : input.configured !== undefined && (p.image.releaseImage ?? p.image.reference) === input.configured;
-  return same ? { skip: true, kind: 'already-pivoted', reason: `already pivoted this boot to ${p.image.digest}` } : { skip: false };
-}
-
-/**
- * Pure: which attempt this run is, from the previous run's state. A failure earlier this boot
- * makes this a retry; anything else (no state, another boot, a success) starts over at 1.
- */
-export function attemptNumber(prior: PivotState | undefined, bootId: string): number {
-  if (!prior || prior.bootId !== bootId || prior.result !== 'failed') return 1;
-  return (prior.attempt ?? 1) + 1;
-}
-
-/**
- * Pure: how long to wait before this attempt, on top of the unit's RestartSec=15s. systemd 252
- * has no RestartSteps=, so the backoff lives here: retries 2, 3, 4, 5, 6, 7... start about
- * 15, 30, 60, 120, 240, 300 s after the previous failure (15 s base, doubling, capped).
- */
-export function retryDelaySeconds(attempt: number, maxSeconds: number, restartSec = 15): number {
-  if (attempt < 3 || maxSeconds <= restartSec) return 0;
-  return Math.max(0, Math.min(restartSec * 2 ** (attempt - 2), maxSeconds) - restartSec);
-}
-
-/** Pure: enough room to stage? Returns the shortfall message or undefined. */
-export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number, inRam = false): string | undefined {
-  const needed = Math.ceil(compressedBytes * factor);
-  if (availableBytes >= needed) return undefined;
-  const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MiB`;
-  const where = inRam ? ' in RAM (MemAvailable minus stagingReserveMiB, or the tmpfs cap)' : '';
-  return `staging needs ${mib(needed)} (${mib(compressedBytes)} compressed x spaceFactor ${factor}) but only ${mib(availableBytes)} is free${where}`;
-}
-
-/**
- * Bytes under `stagingDir` that the pull phase removes before it stages (an interrupted run's
- * `.unpacked`, other images' trees): the space check counts them as free, or a retry after a
- * failed unpack on a live ISO would be refused for room it is about to get back. Each inode once.
- */
-export function reclaimableStagingBytes(stagingDir: string, keep: readonly string[]): number {
-  if (!existsSync(stagingDir)) return 0;
-  const seen = new Set<string>();
-  let total = 0;
-  const walk = (path: string): void => {
-    const st = lstatSync(path, { throwIfNoEntry: false });
-    if (!st) return;
-    const id = `${st.dev}:${st.ino}`;
-    if (seen.has(id)) return;
-    seen.add(id);
-    total += st.blocks * 512;
-    if (st.isDirectory()) for (const name of readdirSync(path)) walk(join(path, name));
-  };
-  for (const name of readdirSync(stagingDir)) if (!keep.includes(name)) walk(join(stagingDir, name));
-  return total;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,50 +91,72 @@ export function requestStop(signal: string): 'now' | 'deferred' | 'finished' {
 
 // ---------------------------------------------------------------------------------------------
 
+type Skip = Extract<SkipDecision, { skip: true }>;
+
 export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
-  const { cfg, caps, progress } = req;
+  const { cfg, steps, progress } = req;
   const prior = readState(cfg.stateDir);
   const bootId = readBootId();
   const attempt = attemptNumber(prior, bootId);
-  const rec = req.dryRun ? undefined : new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId });
+  // A dry run writes no state file: its record stays in memory.
+  const rec = new StateRecorder(cfg.stateDir, req.isolate ? 'isolate' : 'service', { attempt, bootId, persist: !req.dryRun });
   Object.assign(run, { phase: undefined, stopRequested: undefined, recorder: rec, finished: false });
-  let undoMount: (() => Promise<void>) | undefined;
-  let undoPolicy: (() => Promise<void>) | undefined;
+  const undo: Undo = {};
 
   const phase = async <T>(name: PhaseName, fn: () => Promise<T>, facts?: (t: T) => Record<string, unknown>): Promise<T> => {
     if (run.stopRequested) throw interruptedError(run.stopRequested);
     run.phase = name;
     progress.phase(name);
     log().info({ phase: name }, `phase ${name} started`);
-    const record = rec?.startPhase(name);
-    await failpointAsync(`phase.${name}`);
+    const record = rec.startPhase(name);
     try {
+      await failpointAsync(`phase.${name}`);
       const out = await fn();
       const f = facts?.(out);
-      if (record) rec?.endPhase(record, 'done', f);
-      log().info({ phase: name, seconds: record?.seconds, ...f }, `phase ${name} done`);
+      rec.endPhase(record, 'done', f);
+      log().info({ phase: name, seconds: record.seconds, ...f }, `phase ${name} done`);
       progress.phaseEnd(name, 'done');
       return out;
     } catch (err) {
-      if (record) rec?.endPhase(record, 'failed');
+      rec.endPhase(record, 'failed');
       progress.phaseEnd(name, 'failed');
       throw err;
     }
   };
   const skipPhase = (name: PhaseName, reason: string): void => {
     progress.phaseEnd(name, 'skipped');
-    if (!rec) return;
-    const record = rec.startPhase(name);
-    rec.endPhase(record, 'skipped', { reason });
+    rec.endPhase(rec.startPhase(name), 'skipped', { reason });
     log().info({ phase: name, reason }, `phase ${name} skipped: ${reason}`);
+  };
+  // Leave the pivot target (isolate mode) and wait for the job's result; a skipped run too, or the
+  // boot would sit in the pivot target with no journal line saying why.
+  const isolatePhase = async (): Promise<void> => {
+    if (!req.isolate) return skipPhase('isolate', 'service mode (--no-isolate)');
+    await phase('isolate', async () => {
+      const skipped = isolateSkipReason(cfg.isolateTarget, await steps.targetStates(cfg));
+      return skipped ? { skipped } : steps.isolate(cfg);
+    }, (f) => f);
+  };
+  const finish = async (outcome: 'done' | 'skipped', skip?: Skip): Promise<void> => {
+    rec.finish(outcome, skip ? { skipReason: skip.reason, skipKind: skip.kind } : {});
+    run.finished = true;
+    await failpointAsync(`pivot.${outcome}`);
+    if (req.isolate) await settle(steps);
+  };
+  const finishSkipped = async (skip: Skip): Promise<PivotOutcome> => {
+    log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
+    await isolatePhase();
+    await finish('skipped', skip);
+    await progress.finalStatus(`skipped: ${skip.reason}`);
+    return { result: 'skipped', reason: skip.reason, state: rec.state };
   };
 
   try {
-    // 1. Preflight: undo a half-applied /etc from a crashed run, then decide whether to skip.
+    // 1. Preflight: undo a half-applied /etc and the mounts of a crashed run, then decide whether to skip.
     const pre = await phase('preflight', async () => {
       // A dry run changes nothing, not even a rollback: it reports a pending journal instead.
-      const recovered = req.dryRun ? caps.pendingEtcJournal() : await caps.recoverEtc();
-      const detached = req.dryRun ? [] : await caps.recoverMounts(cfg);
+      const recovered = req.dryRun ? steps.pendingEtcJournal() : await steps.recoverEtc();
+      const detached = req.dryRun ? [] : await steps.recoverMounts(cfg);
       if (recovered === 'pending') log().warn('an interrupted /etc apply is pending; the next real run rolls it back before planning');
       const existing = new Set(cfg.skipIfPathExists.filter((p) => existsSync(p)));
       const configured = cfg.image ?? cfg.releaseImage;
@@ -282,105 +172,117 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
       await new Promise((resolve) => setTimeout(resolve, delay * 1000));
     }
     if (pre.decision.skip && !req.dryRun) {
-      if (prior?.image && pre.decision.kind === 'already-pivoted') rec!.setImage(prior.image);
-      return await finishSkipped(req, rec!, pre.decision);
+      if (prior?.image && pre.decision.kind === 'already-pivoted') rec.setImage(prior.image);
+      return await finishSkipped(pre.decision);
     }
 
-    // 2. Resolve the node image to a digest (from a release image if needed).
-    const image = await phase('resolve', () => caps.resolve(cfg), (i) => ({ ...i }));
-    rec?.setImage({ reference: image.reference, digest: image.manifestDigest, ...(image.releaseImage ? { releaseImage: image.releaseImage } : {}) });
+    // 2. Resolve the node image to a digest (from a release image if needed); the pull is pinned to it.
+    const image = await phase('resolve', () => steps.resolve(cfg), (i) => ({ ...i }));
+    rec.setImage({ reference: image.reference, digest: image.manifestDigest, ...(image.releaseImage ? { releaseImage: image.releaseImage } : {}) });
     const again = decideSkip({ skipIfPathExists: [], existing: new Set(), prior, bootId, digest: image.manifestDigest });
-    const stagedRoot = caps.stagedPath(cfg, image.manifestDigest);
-    if (again.skip && !req.dryRun && (await caps.usrIsPivotedTo(stagedRoot))) {
-      return await finishSkipped(req, rec!, again);
-    }
+    const stagedRoot = steps.stagedPath(cfg, image.manifestDigest);
+    if (again.skip && !req.dryRun && (await steps.usrIsPivotedTo(stagedRoot))) return await finishSkipped(again);
 
-    // 3. Pull and unpack into staging (reused when a previous run finished it).
-    const room = await caps.prepareStaging(cfg);
-    const shortfall = existsSync(stagedRoot) ? undefined : spaceShortfall(
-      room.freeBytes + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]), image.compressedBytes, cfg.spaceFactor, room.facts.inRam);
-    if (shortfall) {
-      throw new PivotError('preflight', shortfall, {
-        path: cfg.stagingDir,
-        fix: room.facts.inRam
-          ? `give the node more RAM (staging is in RAM: ${room.facts.filesystem}), or point stagingDir at a disk with room`
-          : 'give the staging filesystem more room, or point stagingDir at a larger filesystem',
-        facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, staging: room.facts },
-      });
-    }
-    const staged = await phase('pull', () => caps.pull(cfg, image, progress), (s) => ({
-      reused: s.reused, ...s.facts, staging: { ...room.facts, usedBytes: stagingUsedBytes(cfg.stagingDir) }, peakRssBytes: process.resourceUsage().maxRSS * 1024,
-    }));
+    // 3. Pull and unpack into staging (reused when a previous run finished it), if there is room.
+    const staged = await phase('pull', async () => {
+      // A tree a previous run finished needs no room (and its staging is in place).
+      const room = existsSync(stagedRoot) ? undefined : await steps.stagingRoom(cfg, stagedRoot);
+      const shortfall = room && spaceShortfall(room.freeBytes, image.compressedBytes, cfg.spaceFactor, room.facts.inRam);
+      if (room && shortfall) {
+        throw new PivotError('preflight', shortfall, {
+          path: cfg.stagingDir,
+          fix: room.facts.inRam
+            ? `give the node more RAM (staging is in RAM: ${room.facts.filesystem}), or point stagingDir at a disk with room`
+            : 'give the staging filesystem more room, or point stagingDir at a larger filesystem',
+          facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, staging: room.facts },
+        });
+      }
+      const tree = await steps.pull(cfg, image, progress);
+      return room ? { ...tree, facts: { ...tree.facts, staging: room.facts } } : tree;
+    }, (s) => ({ reused: s.reused, ...s.facts }));
 
     // 4. Plan /etc. A conflict stops here, before anything changes.
-    const etc = await phase('etc-plan', () => caps.planEtc(cfg, staged), (e) => ({ actions: e.summary.actions, ...e.summary.counts, warnings: e.summary.warnings.length }));
-    for (const w of etc.summary.warnings) log().warn({ phase: 'etc-plan' }, w);
-    if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.summary, stagedRoot: staged.root } };
+    const etc = await phase('etc-plan', () => steps.planEtc(cfg, staged), (e) => ({ actions: e.report.actions, ...e.report.counts, warnings: e.report.warnings.length }));
+    for (const w of etc.report.warnings) log().warn({ phase: 'etc-plan' }, w);
+    if (req.dryRun) return { result: 'dry-run', plan: { image, etc: etc.report, stagedRoot: staged.root } };
 
     // 5. SELinux: the node image's policy is loaded (when it differs) and labels the staged tree,
     // before anything is visible. Until /etc is applied, a failure puts the booted policy back.
-    const labelled = await phase('selinux', () => caps.label(cfg, staged), (l) => ({ ...(l.skipped ? { skipped: l.skipped } : {}), ...l.facts }));
-    undoPolicy = labelled.undo;
+    const labelled = await phase('selinux', () => steps.label(cfg, staged), (l) => ({ ...(l.skipped ? { skipped: l.skipped } : {}), ...l.facts }));
+    undo.policy = labelled.undo;
     if (labelled.skipped) log().info(`SELinux labelling skipped: ${labelled.skipped}`);
 
-    // 6-7. The switch: mount /usr, then apply /etc. Until /etc is applied, any failure (the
-    // catch below) unmounts /usr again, so the system stays all old.
-    if (await caps.usrIsPivotedTo(staged.root)) {
+    // 6-7. The switch: mount /usr, then apply /etc (labelled with the node image's file_contexts).
+    // Until /etc is applied, any failure (the catch below) unmounts /usr again: all old.
+    if (await steps.usrIsPivotedTo(staged.root)) {
       skipPhase('mount', '/usr is already the staged tree (a previous run mounted it)');
     } else {
-      const mounted = await phase('mount', () => caps.mountUsr(cfg, staged), (m) => m.facts);
-      undoMount = () => mounted.undo();
+      const mounted = await phase('mount', () => steps.mountUsr(cfg, staged), (m) => m.facts);
+      undo.mount = () => mounted.undo();
     }
-    await phase('etc-apply', () => caps.applyEtc(etc.plan), (f) => f);
-    undoMount = undefined;
-    undoPolicy = undefined;
+    await phase('etc-apply', () => steps.applyEtc(etc.plan, labelled.fileContexts), (f) => f);
+    delete undo.mount;
+    delete undo.policy;
     await failpointAsync('pivot.switched');
 
-    // 8. Make systemd see the new /usr: reload units, create users and dirs, restart units.
-    await phase('refresh', () => caps.refresh(cfg, staged), (f) => f);
+    // 8. Make systemd see the new /usr: reload units (PID 1 also picks up the new file_contexts,
+    // the policy being loaded since phase selinux), create users and dirs, restart units.
+    await phase('refresh', () => steps.refresh(cfg), (f) => f);
 
-    // 9. Leave the pivot target (isolate mode) and wait for the job's result.
-    if (req.isolate) await phase('isolate', () => caps.isolate(cfg), (f) => f);
-    else skipPhase('isolate', 'service mode (--no-isolate)');
-
-    rec!.finish('done');
-    run.finished = true;
-    await failpointAsync('pivot.done');
-    if (req.isolate) await settle(caps);
-    await progress.ready(`pivoted to ${image.manifestDigest}`);
-    return { result: 'done', state: rec!.state };
+    // 9. Leave the pivot target.
+    await isolatePhase();
+    await finish('done');
+    await progress.finalStatus(`pivoted to ${image.manifestDigest}`);
+    return { result: 'done', state: rec.state };
   } catch (err) {
-    const e = asPivotError(err);
-    if (undoMount) {
-      log().error('the pivot failed after /usr was switched but before /etc was applied: unmounting the new /usr so the system stays all old');
-      await undoMount().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'unmounting /usr after a failure failed too'));
-    }
-    if (undoPolicy) {
-      log().error('the pivot failed after the node image\'s SELinux policy was loaded: putting the booted policy back, with the booted /usr');
-      await undoPolicy().catch((u: unknown) => log().error({ err: asPivotError(u).toJSON() }, 'putting the booted SELinux policy back failed too'));
-    }
-    rec?.finish('failed', { error: stateError(e) });
+    const e = await undoAfterFailure(asPivotError(err), undo);
+    rec.finish('failed', { error: stateError(e) });
     progress.phase('failed', e.oneLine());
     await progress.flush();
     throw e;
   }
 }
 
-/** Best effort: the pivot is complete either way, and the next reload does the same. */
-async function settle(caps: PivotCapabilities): Promise<void> {
-  await caps.settle().catch((err: unknown) => log().warn({ err: asPivotError(err).toJSON() }, 'final daemon-reload failed; default.target still names the pivot target until the next reload'));
+/** What puts the system back to all old, from phase selinux until /etc is applied. */
+interface Undo {
+  mount?: () => Promise<void>;
+  policy?: () => Promise<void>;
 }
 
 /**
- * A skip still has to move the boot on: once the generator made the pivot target the boot
- * target, nothing else leaves it, and the node would sit there with no journal line saying why.
+ * The booted /usr first, then the booted policy. An undo that fails becomes the error: the
+ * system is not all old, and the message and fix must say what is left to do by hand.
  */
-async function finishSkipped(req: PivotRequest, rec: StateRecorder, skip: { kind: SkipKind; reason: string }): Promise<PivotOutcome> {
-  log().info({ reason: skip.reason }, `nothing to do: ${skip.reason}`);
-  if (req.isolate) await req.caps.isolate(req.cfg);
-  rec.finish('skipped', { skipReason: skip.reason, skipKind: skip.kind });
-  run.finished = true;
-  if (req.isolate) await settle(req.caps);
-  await req.progress.ready(`skipped: ${skip.reason}`);
-  return { result: 'skipped', reason: skip.reason, state: rec.state };
+async function undoAfterFailure(e: PivotError, undo: Undo): Promise<PivotError> {
+  let out = e;
+  if (undo.mount) {
+    log().error('the pivot failed after /usr was switched but before /etc was applied: unmounting the new /usr so the system stays all old');
+    out = await undo.mount().then(() => out, (u: unknown) => {
+      const err = asPivotError(u);
+      return undoFailed(out, err, 'unmounting the new /usr', { kind: 'mount', fix: err.kind === 'mount' ? err.fix : 'unmount it by hand: umount -R -l /usr' });
+    });
+  }
+  if (undo.policy) {
+    log().error('the pivot failed after the node image\'s SELinux policy was loaded: putting the booted policy back, with the booted /usr');
+    out = await undo.policy().then(() => out, (u: unknown) => undoFailed(out, asPivotError(u), 'putting the booted SELinux policy back', {
+      // The kernel's refusal speaks of the node image; here it is the booted policy that did not load.
+      kind: 'selinux', fix: 'reboot, which loads the booted policy again; until then the node image\'s policy is loaded with the booted /usr',
+    }));
+  }
+  return out;
+}
+
+function undoFailed(e: PivotError, u: PivotError, what: string, as: { kind: 'mount' | 'selinux'; fix: string }): PivotError {
+  log().error({ err: u.toJSON() }, `${what} failed too`);
+  return new PivotError(as.kind, `${e.message}; then ${what} failed too, so the system is not all old: ${u.message}`, {
+    ...(u.path ? { path: u.path } : {}),
+    fix: as.fix,
+    facts: { failure: e.toJSON(), undoFailed: what },
+    cause: e,
+  });
+}
+
+/** Best effort: the pivot is complete either way, and the next reload does the same. */
+async function settle(steps: PivotSteps): Promise<void> {
+  await steps.settle().catch((err: unknown) => log().warn({ err: asPivotError(err).toJSON() }, 'final daemon-reload failed; default.target still names the pivot target until the next reload'));
 }

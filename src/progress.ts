@@ -185,9 +185,10 @@ export class Progress {
     this.update({ phase: name, ...(detail ? { detail } : {}) }, true);
   }
 
-  async ready(status: string): Promise<void> {
+  /** The last STATUS= line of a run, past the throttle; it stays in `systemctl status` (RemainAfterExit). */
+  async finalStatus(status: string): Promise<void> {
     this.lastText = status;
-    this.pending = this.pending.then(async () => { await this.notify({ READY: '1', STATUS: status }); }).catch(() => undefined);
+    this.pending = this.pending.then(async () => { await this.notify({ STATUS: status }); }).catch(() => undefined);
     await this.flush();
   }
 

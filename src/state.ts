@@ -107,10 +107,13 @@ export class StateRecorder {
   readonly state: PivotState;
   private readonly stateDir: string;
   private readonly now: () => Date;
+  private readonly persist: boolean;
 
-  constructor(stateDir: string, mode: PivotState['mode'], opts: { attempt?: number; bootId?: string; now?: () => Date } = {}) {
+  /** `persist: false` keeps the record in memory only (a dry run writes no state file). */
+  constructor(stateDir: string, mode: PivotState['mode'], opts: { attempt?: number; bootId?: string; now?: () => Date; persist?: boolean } = {}) {
     this.stateDir = stateDir;
     this.now = opts.now ?? (() => new Date());
+    this.persist = opts.persist ?? true;
     const t = this.now().toISOString();
     this.state = {
       version: 1,
@@ -128,7 +131,7 @@ export class StateRecorder {
 
   flush(): void {
     this.state.updatedAt = this.now().toISOString();
-    writeState(this.stateDir, this.state);
+    if (this.persist) writeState(this.stateDir, this.state);
   }
 
   startPhase(name: PhaseName): PhaseRecord {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { inConfigTerms, loadConfig, parseConfig, fieldPath } from '../src/config.ts';
 import { PivotError } from '../src/errors.ts';
+import { parseReference } from '../src/registry/reference.ts';
 import { thrown } from './helpers/thrown.ts';
 
 
@@ -73,7 +74,8 @@ describe('config', () => {
 describe('inConfigTerms', () => {
   const cfg = parseConfig({ releaseImage: 'quay.io/r/Release:1', authfile: '/a/auth.json', certDir: '/c' }, 'f');
   it('names the config field for reference and file errors from the registry client', () => {
-    const ref = new PivotError('usage', 'invalid image reference "quay.io/r/Release:1": uppercase', { field: 'image', fix: 'x', facts: { reference: 'quay.io/r/Release:1' } });
+    // The parser's own error, recognised by its reason, never by its text.
+    const ref = thrown(() => parseReference('quay.io/r/Release:1'));
     const mapped = inConfigTerms(ref, cfg) as PivotError;
     expect([mapped.kind, mapped.field, mapped.exitCode]).toEqual(['config', 'releaseImage', 2]);
     expect(mapped.oneLine()).toContain('field releaseImage');

@@ -13,11 +13,11 @@ describe('progress', () => {
 
   it('sends phase changes at once and throttles updates within a phase', async () => {
     const sent: string[] = [];
-    const p = new Progress({ notify: async (f) => { sent.push(`${f.READY ? 'READY ' : ''}${f.STATUS}`); }, tty: false, intervalMs: 60_000 });
+    const p = new Progress({ notify: async (f) => { sent.push(`${Object.keys(f).join(',')} ${f.STATUS}`); }, tty: false, intervalMs: 60_000 });
     p.phase('pull');
     for (let i = 1; i <= 100; i++) p.update({ phase: 'pull', done: i, total: 100, unit: 'entries' });
     p.phase('mount');
-    await p.ready('pivoted');
-    expect(sent).toEqual(['pull', 'mount', 'READY pivoted']);
+    await p.finalStatus('pivoted');
+    expect(sent).toEqual(['STATUS pull', 'STATUS mount', 'STATUS pivoted']);
   });
 });

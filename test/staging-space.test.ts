@@ -6,7 +6,8 @@ import { linkSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { reclaimableStagingBytes, spaceShortfall } from '../src/pivot.ts';
+import { spaceShortfall } from '../src/pivot-rules.ts';
+import { reclaimableStagingBytes } from '../src/staging.ts';
 
 const MiB = 1024 ** 2;
 const DIGEST_HEX = 'a'.repeat(64);

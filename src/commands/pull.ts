@@ -1,23 +1,8 @@
 import type { Command, ParsedArgs } from './types.ts';
 import { JSONL_INTERVAL_MS, pullProgress, type Progress } from '../progress.ts';
 import { PivotError, asPivotError } from '../errors.ts';
-import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
+import { registryFlagHelp, registryFlags, registryOptionsFromFlags, stringOpt } from './shared.ts';
 import { progressFdOption, progressFor, resultOfError } from './progress-option.ts';
-import type { RegistryOptions } from '../registry/index.ts';
-
-/** The registry flags shared by pull and resolve, as RegistryOptions. */
-export function registryOptionsFrom(values: ParsedArgs['values']): RegistryOptions {
-  const authfile = stringOpt(values, 'authfile');
-  const registriesConf = stringOpt(values, 'registries-conf');
-  const certDir = stringOpt(values, 'cert-dir');
-  const platform = stringOpt(values, 'platform');
-  return {
-    ...(authfile ? { authfile } : {}),
-    ...(registriesConf ? { registriesConf } : {}),
-    ...(certDir ? { certDir } : {}),
-    ...(platform ? { platform } : {}),
-  };
-}
 
 export const pullCommand: Command = {
   name: 'pull',
@@ -35,7 +20,7 @@ export const pullCommand: Command = {
     dest: { type: 'string' },
     'keep-sysroot': { type: 'boolean' },
     'oci-layout': { type: 'string' },
-    ...registryOptions,
+    ...registryFlags,
     json: { type: 'boolean' },
     ...progressFdOption.options,
   },
@@ -43,7 +28,7 @@ export const pullCommand: Command = {
     dest: 'unpack the image into this directory',
     'keep-sysroot': "with --dest: keep an ostree-native image's sysroot/ostree repo, as umoci unpack does (default: drop it; the files stay hardlinked under usr/)",
     'oci-layout': 'write a standard OCI image layout (oci-layout, index.json, blobs/) instead',
-    ...registryOptionHelp,
+    ...registryFlagHelp,
     json: 'print the summary as JSON',
     ...progressFdOption.optionHelp,
   },
@@ -79,9 +64,9 @@ export const pullCommand: Command = {
 interface Pulled { summary: { manifestDigest: string }; text: string }
 
 async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Promise<Pulled> {
-  const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../unpack/index.ts')]);
+  const [{ configSchema }, { formatPullSummary, pullToDest }] = await Promise.all([import('../config.ts'), import('../pull.ts')]);
   const defaults = configSchema.parse({ image: args.positionals[0] });
-  const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFrom(args.values), {
+  const summary = await pullToDest(args.positionals[0]!, dest, registryOptionsFromFlags(args.values), {
     limits: defaults.limits, allowDevices: defaults.allowDevices, keepSysroot: args.values['keep-sysroot'] === true || defaults.keepSysroot, onProgress: pullProgress(progress),
   });
   return { summary, text: formatPullSummary(summary) };
@@ -90,7 +75,7 @@ async function pullDest(args: ParsedArgs, dest: string, progress: Progress): Pro
 async function pullLayout(args: ParsedArgs, layout: string, progress: Progress): Promise<Pulled> {
   const { openImage, writeOciLayout } = await import('../registry/index.ts');
   const started = Date.now();
-  const image = await openImage(args.positionals[0]!, registryOptionsFrom(args.values));
+  const image = await openImage(args.positionals[0]!, registryOptionsFromFlags(args.values));
   // Layers download in parallel, so the bytes come from the transfer counters, sampled; a layer's
   // own bar fills when its blob is verified.
   const layers = [...new Map(image.layers.map((l) => [l.digest, l])).values()];

@@ -1,6 +1,5 @@
 import type { Command } from './types.ts';
-import { registryOptionHelp, registryOptions, stringOpt } from './shared.ts';
-import { registryOptionsFrom } from './pull.ts';
+import { registryFlagHelp, registryFlags, registryOptionsFromFlags, stringOpt } from './shared.ts';
 
 export const resolveCommand: Command = {
   name: 'resolve',
@@ -9,19 +8,19 @@ export const resolveCommand: Command = {
   help: 'Reads layers from the top down until one holds the file, that layer whole and through its digest check (a mismatch is exit 4); never runs a container.',
   options: {
     component: { type: 'string' },
-    ...registryOptions,
+    ...registryFlags,
     json: { type: 'boolean' },
   },
   optionHelp: {
     component: 'the image-references tag to look up (default: rhel-coreos)',
-    ...registryOptionHelp,
+    ...registryFlagHelp,
     json: 'print the result and byte counts as JSON',
   },
   positionals: { names: ['RELEASE_IMAGE'], min: 1, max: 1 },
   async run(args) {
-    const { resolveComponent } = await import('../registry/index.ts');
-    const component = stringOpt(args.values, 'component') ?? 'rhel-coreos';
-    const r = await resolveComponent(args.positionals[0]!, component, registryOptionsFrom(args.values));
+    const [{ resolveComponent }, { DEFAULT_COMPONENT }] = await Promise.all([import('../registry/index.ts'), import('../config.ts')]);
+    const component = stringOpt(args.values, 'component') ?? DEFAULT_COMPONENT;
+    const r = await resolveComponent(args.positionals[0]!, component, registryOptionsFromFlags(args.values));
     process.stdout.write(args.values.json ? `${JSON.stringify({ component, ...r })}\n` : `${r.pullspec}\n`);
     return 0;
   },

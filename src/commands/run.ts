@@ -63,8 +63,8 @@ export const runCommand: Command = {
   },
   positionals: { names: [], min: 0, max: 0 },
   async run(args) {
-    const [{ DEFAULT_CONFIG_PATH, loadConfig }, { requestStop, runPivot }, { realCapabilities }, { PHASES, readState }, lock, consoleIssue] = await Promise.all([
-      import('../config.ts'), import('../pivot.ts'), import('../pivot-capabilities.ts'), import('../state.ts'), import('../lock.ts'), import('../console-issue.ts'),
+    const [{ DEFAULT_CONFIG_PATH, loadConfig }, { requestStop, runPivot }, { hostSteps }, { PHASES, readState }, lock, consoleIssue] = await Promise.all([
+      import('../config.ts'), import('../pivot.ts'), import('../host-steps.ts'), import('../state.ts'), import('../lock.ts'), import('../console-issue.ts'),
     ]);
     const dryRun = args.values['dry-run'] === true;
     if (args.values['no-wait'] && stringOpt(args.values, 'lock-wait') !== undefined) {
@@ -80,7 +80,7 @@ export const runCommand: Command = {
       // Before runPivot: a waiting run must not touch the state file the running one writes.
       await lock.acquirePivotLock({ wait: args.values['no-wait'] !== true, ...(waitSeconds === undefined ? {} : { waitSeconds }) });
       const started = performance.now();
-      const outcome = await runPivot({ cfg, isolate: !args.values['no-isolate'], dryRun, progress, caps: realCapabilities() });
+      const outcome = await runPivot({ cfg, isolate: !args.values['no-isolate'], dryRun, progress, steps: hostSteps() });
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
       if (outcome.result === 'dry-run') {
         const { image, etc, stagedRoot } = outcome.plan;

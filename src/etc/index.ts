@@ -1,4 +1,4 @@
-// The /etc merge capability: what the pivot orchestrator and the etc-merge command call.
+// The /etc merge: what the pivot (src/host-steps.ts) and the etc-merge command call.
 //
 // Public API (keep stable; documented in docs/etc-merge.md):
 //   recoverEtcJournal(current, journalDir?) -> 'none' | 'rolled-back'

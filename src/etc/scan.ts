@@ -8,9 +8,9 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { PivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
-import type { EntryType, EtcEntry, EtcTree } from './types.ts';
+import type { EtcEntryType, EtcEntry, EtcTree } from './types.ts';
 
-export function entryType(st: Stats): EntryType {
+export function entryType(st: Stats): EtcEntryType {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';

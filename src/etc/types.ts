@@ -1,12 +1,12 @@
 // Shapes shared by the /etc merge: scanned trees, plan actions, warnings. Kept free of I/O so the
 // plan and its tests can build these in memory.
 
-export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char-device' | 'block-device';
-export type SpecialType = Exclude<EntryType, 'file' | 'dir' | 'symlink'>;
+export type EtcEntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char-device' | 'block-device';
+export type SpecialType = Exclude<EtcEntryType, 'file' | 'dir' | 'symlink'>;
 
 /** One lstat'ed path. Fields beyond type/mode/uid/gid/size/target only guard against staleness. */
 export interface EtcEntry {
-  type: EntryType;
+  type: EtcEntryType;
   /** Permission bits including setuid/setgid/sticky (st_mode & 0o7777). */
   mode: number;
   uid: number;
@@ -75,7 +75,7 @@ export interface EtcWarning {
 export interface IgnoredEntry {
   path: string;
   tree: TreeName;
-  type: EntryType;
+  type: EtcEntryType;
   /** What happened to it. */
   note: string;
 }

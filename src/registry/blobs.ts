@@ -13,7 +13,7 @@ import { log } from '../log.ts';
 import { guardedChunks, isDeadline, type PullBudget } from './bounds.ts';
 import type { RegistrySession } from './session.ts';
 import {
-  backoffDelay, DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, rangeHeader, resumePlan, sleep, TRANSIENT_STATUS, type Backoff, type Timeouts,
+  DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, rangeHeader, resumePlan, retryWaitMs, sleep, TransientFailure, TRANSIENT_STATUS, type Backoff, type Timeouts,
 } from './transport.ts';
 
 export interface LayerDescriptor {
@@ -61,134 +61,146 @@ function verificationError(desc: LayerDescriptor, source: string, message: strin
   });
 }
 
-class Transient extends Error {
-  readonly retryAfterMs: number | undefined;
-  constructor(message: string, retryAfterMs?: number) {
-    super(message);
-    this.retryAfterMs = retryAfterMs;
-  }
-}
-
-function isTransient(err: unknown): boolean {
-  return err instanceof Transient || isRetryableError(err);
-}
-
 function describe(err: unknown): string {
   return err instanceof PivotError ? err.message : err instanceof Error ? `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`.trim() : String(err);
 }
 
+/** Where one blob's transfer stands, across attempts and sources. */
+interface Transfer {
+  desc: LayerDescriptor;
+  what: string;
+  /** Bytes hashed and yielded so far. */
+  offset: number;
+  /** Where this call started (a *.partial file's length). */
+  readonly initial: number;
+  requests: number;
+  lastError: unknown;
+  hash: Hash;
+}
+
+/** How one attempt ended, when it did not throw. */
+type AttemptEnd = 'verified' | 'retry' | 'resumed' | 'next-source';
+
 /**
  * Yields the blob's bytes from `offset` on, hashing into `hash` (which must already cover bytes
  * before `offset`). Throws a verification error when the bytes do not match the descriptor.
+ * Sources in order; at each, attempts with the one retry policy (transport.ts).
  */
 export async function* verifiedChunks(ctx: BlobContext, desc: LayerDescriptor, offset = 0, hash: Hash = createHash('sha256')): AsyncGenerator<Buffer> {
-  const backoff = ctx.backoff ?? DEFAULT_BACKOFF;
+  const t: Transfer = { desc, what: `blob ${desc.digest}`, offset, initial: offset, requests: 0, lastError: undefined, hash };
   const tried: string[] = [];
-  let lastError: unknown;
-  let requests = 0;
-  const initial = offset;
-  const what = `blob ${desc.digest}`;
-  const budgetSpent = (src: BlobSource): PivotError => ctx.budget.error(src.session.registry, `${what} (${src.name})`, describe(lastError));
   failpoint('registry.blob');
   for (let s = 0; s < ctx.sources.length; s++) {
     const src = ctx.sources[s]!;
-    for (let attempt = 0; attempt < backoff.maxAttempts; attempt++) {
-      if (attempt > 0) {
-        const retryAfter = lastError instanceof Transient ? lastError.retryAfterMs : undefined;
-        const wait = retryAfter ?? backoffDelay(attempt - 1, backoff);
-        if (ctx.budget.expired(Date.now() + wait)) throw budgetSpent(src);
-        log().warn({ blob: desc.digest, source: src.name, attempt, waitMs: wait, offset, reason: describe(lastError) }, 'retrying blob');
-        await sleep(wait);
-      } else if (requests > 0 && ctx.budget.expired()) {
-        throw budgetSpent(src);
-      }
-      const range = rangeHeader(offset);
-      requests++;
-      let res;
-      try {
-        res = await src.session.request(`/v2/${src.repository}/blobs/${desc.digest}`, src.repository, {
-          headers: range ? { range } : {},
-          what,
-          budget: ctx.budget,
-        });
-      } catch (err) {
-        if (isDeadline(err)) throw err;
-        lastError = err;
-        if (isTransient(err)) continue;
-        break;
-      }
-      if (res.statusCode === 404) {
-        await res.body.dump();
-        lastError = new PivotError('registry', `blob ${desc.digest} is not in ${src.name} (HTTP 404)`, {
-          fix: 'the image is incomplete in that registry: re-push it',
-          facts: { blob: desc.digest, source: src.name },
-        });
-        break;
-      }
-      if (TRANSIENT_STATUS.has(res.statusCode)) {
-        await res.body.dump();
-        lastError = new Transient(`HTTP ${res.statusCode}`, parseRetryAfter(res.headers['retry-after']));
-        continue;
-      }
-      const plan = resumePlan(res.statusCode, res.headers['content-range'] as string | undefined, offset);
-      if ('error' in plan) {
-        await res.body.dump();
-        lastError = new PivotError('registry', `blob ${desc.digest} from ${src.name}: ${plan.error}`, { fix: 'check the registry', facts: { blob: desc.digest } });
-        break;
-      }
-      if (requests > 1 && plan.skip === 0) ctx.stats.bytesResumed += offset - initial;
-      let skip = plan.skip;
-      const before = offset;
-      try {
-        for await (const raw of guardedChunks(res.body, { host: res.host, what, timeouts: ctx.timeouts, budget: ctx.budget })) {
-          let chunk = raw;
-          if (skip > 0) {
-            const n = Math.min(skip, chunk.length);
-            skip -= n;
-            chunk = chunk.subarray(n);
-            if (chunk.length === 0) continue;
-          }
-          if (offset + chunk.length > desc.size) {
-            throw verificationError(desc, src.name, `is larger than the ${desc.size} bytes the manifest says`, { expectedSize: desc.size });
-          }
-          hash.update(chunk);
-          offset += chunk.length;
-          ctx.stats.bytesFetched += chunk.length;
-          failpoint('registry.blob.chunk');
-          yield chunk;
-        }
-      } catch (err) {
-        if (err instanceof PivotError && err.kind === 'verification') throw err;
-        lastError = err;
-        if (isTransient(err)) {
-          // Only progress earns a fresh attempt budget: a server that stalls before the first
-          // byte every time must run out of attempts, not loop until the process is killed.
-          if (offset > before) {
-            attempt = -1;
-            log().warn({ blob: desc.digest, source: src.name, offset, reason: describe(err) }, 'resuming blob after a broken transfer');
-          }
-          continue;
-        }
-        throw err;
-      }
-      if (offset < desc.size) {
-        lastError = new Transient(`connection closed at byte ${offset} of ${desc.size}`);
-        continue;
-      }
-      const got = `sha256:${hash.digest('hex')}`;
-      if (got !== desc.digest) throw verificationError(desc, src.name, `has digest ${got}`, { actual: got });
-      log().info({ blob: desc.digest, size: desc.size, source: src.name, skipped: [...ctx.skipped, ...tried.map((t) => ({ name: t, reason: 'failed for this blob' }))] }, 'blob verified');
+    if (yield* fromSource(ctx, src, t)) {
+      log().info({ blob: desc.digest, size: desc.size, source: src.name, skipped: [...ctx.skipped, ...tried.map((n) => ({ name: n, reason: 'failed for this blob' }))] }, 'blob verified');
       return;
     }
     tried.push(src.name);
-    if (s + 1 < ctx.sources.length) log().warn({ blob: desc.digest, source: src.name, reason: describe(lastError) }, 'blob source failed, trying the next one');
+    if (s + 1 < ctx.sources.length) log().warn({ blob: desc.digest, source: src.name, reason: describe(t.lastError) }, 'blob source failed, trying the next one');
   }
-  if (lastError instanceof PivotError) throw lastError;
-  throw new PivotError('network', `blob ${desc.digest} could not be fetched from ${tried.join(', ')}: ${describe(lastError)}`, {
+  if (t.lastError instanceof PivotError) throw t.lastError;
+  throw new PivotError('network', `blob ${desc.digest} could not be fetched from ${tried.join(', ')}: ${describe(t.lastError)}`, {
     fix: 'check the network path to the registry and retry',
     facts: { blob: desc.digest },
-    cause: lastError,
+    cause: t.lastError,
   });
+}
+
+/** Attempts at one source until the blob is verified (true) or the source is given up (false). */
+async function* fromSource(ctx: BlobContext, src: BlobSource, t: Transfer): AsyncGenerator<Buffer, boolean> {
+  const backoff = ctx.backoff ?? DEFAULT_BACKOFF;
+  const budgetSpent = (): PivotError => ctx.budget.error(src.session.registry, `${t.what} (${src.name})`, describe(t.lastError));
+  for (let attempt = 0; attempt < backoff.maxAttempts; attempt++) {
+    if (attempt > 0) {
+      const wait = retryWaitMs(t.lastError, attempt - 1, backoff);
+      if (ctx.budget.expired(Date.now() + wait)) throw budgetSpent();
+      log().warn({ blob: t.desc.digest, source: src.name, attempt, waitMs: wait, offset: t.offset, reason: describe(t.lastError) }, 'retrying blob');
+      await sleep(wait);
+    } else if (t.requests > 0 && ctx.budget.expired()) {
+      throw budgetSpent();
+    }
+    const end = yield* oneAttempt(ctx, src, t);
+    if (end === 'verified') return true;
+    if (end === 'next-source') return false;
+    // Only progress earns a fresh attempt budget: a server that stalls before the first byte
+    // every time must run out of attempts, not loop until the process is killed.
+    if (end === 'resumed') attempt = -1;
+  }
+  return false;
+}
+
+/** One request at one source, from the current offset. */
+async function* oneAttempt(ctx: BlobContext, src: BlobSource, t: Transfer): AsyncGenerator<Buffer, AttemptEnd> {
+  const { desc } = t;
+  const range = rangeHeader(t.offset);
+  t.requests++;
+  let res;
+  try {
+    res = await src.session.request(`/v2/${src.repository}/blobs/${desc.digest}`, src.repository, { headers: range ? { range } : {}, what: t.what, budget: ctx.budget });
+  } catch (err) {
+    if (isDeadline(err)) throw err;
+    t.lastError = err;
+    return isRetryableError(err) ? 'retry' : 'next-source';
+  }
+  if (res.statusCode === 404) {
+    await res.body.dump();
+    t.lastError = new PivotError('registry', `blob ${desc.digest} is not in ${src.name} (HTTP 404)`, {
+      fix: 'the image is incomplete in that registry: re-push it',
+      facts: { blob: desc.digest, source: src.name },
+    });
+    return 'next-source';
+  }
+  if (TRANSIENT_STATUS.has(res.statusCode)) {
+    await res.body.dump();
+    t.lastError = new TransientFailure(`HTTP ${res.statusCode}`, parseRetryAfter(res.headers['retry-after']));
+    return 'retry';
+  }
+  const plan = resumePlan(res.statusCode, res.headers['content-range'] as string | undefined, t.offset);
+  if ('error' in plan) {
+    await res.body.dump();
+    t.lastError = new PivotError('registry', `blob ${desc.digest} from ${src.name}: ${plan.error}`, { fix: 'check the registry', facts: { blob: desc.digest } });
+    return 'next-source';
+  }
+  if (t.requests > 1 && plan.skip === 0) ctx.stats.bytesResumed += t.offset - t.initial;
+  const before = t.offset;
+  try {
+    yield* bodyChunks(ctx, src, t, res.body, res.host, plan.skip);
+  } catch (err) {
+    if ((err instanceof PivotError && err.kind === 'verification') || !isRetryableError(err)) throw err;
+    t.lastError = err;
+    if (t.offset === before) return 'retry';
+    log().warn({ blob: desc.digest, source: src.name, offset: t.offset, reason: describe(err) }, 'resuming blob after a broken transfer');
+    return 'resumed';
+  }
+  if (t.offset < desc.size) {
+    t.lastError = new TransientFailure(`connection closed at byte ${t.offset} of ${desc.size}`);
+    return 'retry';
+  }
+  const got = `sha256:${t.hash.digest('hex')}`;
+  if (got !== desc.digest) throw verificationError(desc, src.name, `has digest ${got}`, { actual: got });
+  return 'verified';
+}
+
+/** The response body past the `skip` bytes a server that ignored Range sent again, hashed and counted. */
+async function* bodyChunks(ctx: BlobContext, src: BlobSource, t: Transfer, body: AsyncIterable<unknown>, host: string, skip: number): AsyncGenerator<Buffer> {
+  for await (const raw of guardedChunks(body, { host, what: t.what, timeouts: ctx.timeouts, budget: ctx.budget })) {
+    let chunk = raw;
+    if (skip > 0) {
+      const n = Math.min(skip, chunk.length);
+      skip -= n;
+      chunk = chunk.subarray(n);
+      if (chunk.length === 0) continue;
+    }
+    if (t.offset + chunk.length > t.desc.size) {
+      throw verificationError(t.desc, src.name, `is larger than the ${t.desc.size} bytes the manifest says`, { expectedSize: t.desc.size });
+    }
+    t.hash.update(chunk);
+    t.offset += chunk.length;
+    ctx.stats.bytesFetched += chunk.length;
+    failpoint('registry.blob.chunk');
+    yield chunk;
+  }
 }
 
 /** Where a blob lives in a digest-keyed directory (the cache, or an OCI layout's blobs/sha256). */

@@ -55,6 +55,7 @@ export class PullBudget {
     return new PivotError('network', `the pull time budget of ${this.seconds} s (timeouts.pullSeconds) ran out while fetching ${what} from ${host}${detail ? ` (${detail})` : ''}`, {
       fix: 'check the network path to the registry, or raise timeouts.pullSeconds in the config',
       facts: { host, limit: 'timeouts.pullSeconds', seconds: this.seconds, stage: 'transfer', code: DEADLINE_CODE },
+      reason: 'pull-deadline',
     });
   }
 
@@ -65,7 +66,7 @@ export class PullBudget {
 
 /** Whether an error is the pull's deadline (which no other source or attempt can help). */
 export function isDeadline(err: unknown): boolean {
-  return err instanceof PivotError && err.facts.code === DEADLINE_CODE;
+  return err instanceof PivotError && err.reason === 'pull-deadline';
 }
 
 export interface BodyGuard {
@@ -90,6 +91,7 @@ function slowError(g: BodyGuard, bytes: number, ms: number): PivotError {
   return new PivotError('network', `transfer from ${g.host} stalled while fetching ${g.what}: ${bytes} bytes in ${(ms / 1000).toFixed(1)} s, under the minimum of ${MIN_BYTES_PER_SECOND} bytes/s over ${window} s (timeouts.readSeconds)`, {
     fix: 'check the network path to the registry, or raise timeouts.readSeconds in the config for a very slow link',
     facts: { host: g.host, stage: 'transfer', code: 'SLOW_TRANSFER', limit: 'timeouts.readSeconds', minBytesPerSecond: MIN_BYTES_PER_SECOND },
+    reason: 'transfer',
   });
 }
 

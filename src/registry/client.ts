@@ -2,6 +2,7 @@
 // chosen from an index), the config, and verified blob access for the caller.
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import { DEFAULT_CONCURRENCY, DEFAULT_REGISTRIES_CONF, DEFAULT_TIMEOUTS } from '../config.ts';
 import { PivotError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
@@ -18,7 +19,7 @@ import { loadRegistriesConf, planReference, type Source } from './mirrors.ts';
 import { refSuffix, type ImageReference } from './reference.ts';
 import { SessionPool, type RegistrySession } from './session.ts';
 import {
-  backoffDelay, DEFAULT_BACKOFF, DEFAULT_TIMEOUTS, isRetryableError, parseRetryAfter, sleep, TRANSIENT_STATUS, type Timeouts,
+  DEFAULT_BACKOFF, isRetryableError, parseRetryAfter, retryWaitMs, sleep, TransientFailure, TRANSIENT_STATUS, type Timeouts,
 } from './transport.ts';
 
 export interface RegistryOptions {
@@ -67,15 +68,6 @@ function errorCodes(text: string): string {
   }
 }
 
-/** A transient status: worth another attempt after `waitMs` (Retry-After, else backoff). */
-class RetryStatus extends Error {
-  readonly waitMs: number | undefined;
-  constructor(status: number, waitMs: number | undefined) {
-    super(`HTTP ${status}`);
-    this.waitMs = waitMs;
-  }
-}
-
 interface FetchedManifest { bytes: Buffer; contentType: string | undefined; digest: string }
 
 async function fetchManifestOnce(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, budget: PullBudget, what: string, lastAttempt: boolean): Promise<FetchedManifest> {
@@ -83,7 +75,7 @@ async function fetchManifestOnce(session: RegistrySession, repository: string, r
   const guard = { host: res.host, what, timeouts: session.timeouts, budget };
   if (TRANSIENT_STATUS.has(res.statusCode) && !lastAttempt) {
     await res.body.dump();
-    throw new RetryStatus(res.statusCode, parseRetryAfter(res.headers['retry-after']));
+    throw new TransientFailure(`HTTP ${res.statusCode}`, parseRetryAfter(res.headers['retry-after']));
   }
   if (res.statusCode !== 200) {
     const text = await readCapped(res.body, MAX_ERROR_BODY_BYTES, guard).then((b) => b.toString(), () => '');
@@ -109,7 +101,7 @@ async function fetchManifestOnce(session: RegistrySession, repository: string, r
   return { bytes, contentType: typeof ct === 'string' ? ct : undefined, digest };
 }
 
-/** GETs one manifest, verifying its digest when one is expected. Retries transient failures. */
+/** GETs one manifest, verifying its digest when one is expected. Retries as blobs do (transport.ts isRetryableError). */
 async function fetchManifest(session: RegistrySession, repository: string, reference: string, expectedDigest: string | undefined, budget: PullBudget): Promise<FetchedManifest> {
   const what = `manifest ${session.registry}/${repository}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
   failpoint('registry.manifest');
@@ -118,13 +110,8 @@ async function fetchManifest(session: RegistrySession, repository: string, refer
     try {
       return await fetchManifestOnce(session, repository, reference, expectedDigest, budget, what, attempt >= lastAttempt);
     } catch (err) {
-      // A transient status, or a connection that broke mid-request or mid-body, is worth another
-      // try; DNS, connect and TLS failures are not (the next source is tried instead, and
-      // systemd's Restart= covers the rest), nor are permanent answers.
-      const status = err instanceof RetryStatus;
-      const transfer = isRetryableError(err) && err instanceof PivotError && err.facts.stage === 'transfer';
-      const wait = (status ? err.waitMs : undefined) ?? backoffDelay(attempt);
-      if (!(status || transfer) || attempt >= lastAttempt) throw err;
+      if (!isRetryableError(err) || attempt >= lastAttempt) throw err;
+      const wait = retryWaitMs(err, attempt);
       if (budget.expired(Date.now() + wait)) {
         throw budget.error(session.registry, what, err instanceof Error ? err.message : String(err));
       }
@@ -191,7 +178,7 @@ function parseJson(bytes: Buffer, what: string): unknown {
 export async function openImage(refText: string, opts: RegistryOptions = {}): Promise<OpenedImage> {
   const timeouts: Timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const budget = new PullBudget(timeouts.pullSeconds);
-  const conf = loadRegistriesConf(opts.registriesConf ?? '/etc/containers/registries.conf', opts.registriesConf !== undefined);
+  const conf = loadRegistriesConf(opts.registriesConf ?? DEFAULT_REGISTRIES_CONF, opts.registriesConf !== undefined);
   const plan = planReference(refText, conf);
   let reference = plan.reference;
   const explicitPlatform = opts.platform !== undefined;
@@ -217,7 +204,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       } catch (err) {
         lastError = err;
         const e = err as PivotError;
-        if (e instanceof PivotError && (e.kind === 'usage' || e.facts.noPlatform || isDeadline(e))) throw e;
+        if (e instanceof PivotError && (e.kind === 'usage' || e.reason === 'no-platform' || isDeadline(e))) throw e;
         const reason = err instanceof Error ? err.message : String(err);
         skipped.push({ name: source.name, reason });
         if (i + 1 < plan.sources.length) log().warn({ image: reference.toString(), source: source.name, reason }, 'source failed, trying the next one');
@@ -247,7 +234,7 @@ export async function openImage(refText: string, opts: RegistryOptions = {}): Pr
       platform: r.platform,
       layers: r.layers.map(strip),
       source: r.source.name,
-      concurrency: opts.concurrency ?? 3,
+      concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
       openBlob: (layer) => openBlobStream(ctx, layer),
       fetchBlobToCache: (layer, dir) => fetchBlobToDir(ctx, layer, dir),
       stats: () => ({ ...stats }),

@@ -1,4 +1,4 @@
-// The registry capability's public API. Other modules import from here only; keep it stable.
+// The registry client's public API. Other modules import from here only; keep it stable.
 //
 //   parseReference(text, { unqualifiedSearch? }) -> ImageReference { registry, repository, tag?, digest?, toString() }
 //     Malformed input throws PivotError 'usage' (exit 2) naming the bad character and its index.

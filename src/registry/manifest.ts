@@ -134,7 +134,8 @@ export function selectPlatform(manifests: Descriptor[], wanted: Platform, what: 
   throw new PivotError('registry', `${what} has no image for ${platformString(wanted)}; available: ${available.text || 'none'}`, {
     field: 'platform',
     fix: explicit ? `pass --platform with one of: ${available.text}` : 'pass --platform to pick one of the available platforms',
-    facts: { wanted: platformString(wanted), available: available.shown, availableCount: available.total, noPlatform: true },
+    facts: { wanted: platformString(wanted), available: available.shown, availableCount: available.total },
     permanent: true,
+    reason: 'no-platform',
   });
 }

@@ -143,7 +143,7 @@ export function mergeConfs(parts: Array<Partial<RegistriesConf> & { registries: 
 }
 
 /** Loads FILE and FILE's sibling registries.conf.d/*.conf. A missing main file means no config. */
-export function loadRegistriesConf(file = '/etc/containers/registries.conf', explicit = false): RegistriesConf {
+export function loadRegistriesConf(file: string, explicit = false): RegistriesConf {
   const files: string[] = [];
   const parts = [];
   if (existsSync(file)) {

@@ -43,6 +43,7 @@ function bad(text: string, index: number, why: string): PivotError {
     field: 'image',
     fix: 'write it as REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], lowercase, e.g. quay.io/org/image:4.16',
     facts: { reference: text, index, char: ch ?? null },
+    reason: 'reference',
   });
 }
 
@@ -158,6 +159,7 @@ export function parseReference(text: string, opts: ParseReferenceOptions = {}): 
         field: 'image',
         fix: `qualify it, e.g. docker.io/${repository.includes('/') ? repository : `library/${repository}`}, or set unqualified-search-registries in registries.conf`,
         facts: { reference: text },
+        reason: 'reference',
       });
     }
     registry = search[0]!;

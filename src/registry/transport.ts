@@ -14,7 +14,6 @@ export interface Timeouts {
   readSeconds: number;
   connectSeconds: number;
 }
-export const DEFAULT_TIMEOUTS: Timeouts = { pullSeconds: 3600, readSeconds: 60, connectSeconds: 30 };
 
 export interface CertDirContents {
   /** Extra CA PEMs (*.crt). */
@@ -88,6 +87,8 @@ export function makeDispatcher(opts: { cas: string[]; client?: { cert: string; k
 const DNS_CODES = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EAI_NONAME', 'EAI_FAIL']);
 const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'EADDRNOTAVAIL']);
 const TLS_CODE = /^(ERR_TLS|ERR_SSL|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|EPROTO|ERR_OSSL|HOSTNAME_MISMATCH)/;
+/** A verdict on the certificate, not a handshake that broke: another attempt gets the same one. */
+const CERT_CODE = /^(CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH|ERR_TLS_CERT_ALTNAME_INVALID)/;
 
 export type NetworkStage = 'dns' | 'connect' | 'tls' | 'transfer';
 
@@ -110,7 +111,7 @@ export function networkStage(err: unknown): NetworkStage {
   return 'transfer';
 }
 
-/** facts.code of the pull deadline (bounds.ts PullBudget): never retried, yet not permanent. */
+/** facts.code of the pull deadline (bounds.ts PullBudget), for the log; code branches on reason 'pull-deadline'. */
 export const DEADLINE_CODE = 'PULL_DEADLINE';
 
 /** HTTP statuses worth another attempt (with backoff, honouring Retry-After). */
@@ -140,13 +141,25 @@ function isParserError(err: unknown): boolean {
   return false;
 }
 
+/** A transient answer (HTTP 408, 429, 5xx) or a short body: worth another attempt, after Retry-After if given. */
+export class TransientFailure extends Error {
+  readonly retryAfterMs: number | undefined;
+  constructor(message: string, retryAfterMs?: number) {
+    super(message);
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
 /**
- * Whether a failed request or transfer is worth another attempt: a network PivotError not marked
- * permanent, or an undici or socket error whose code (anywhere along the cause chain) is one of
- * the transient ones. The one retry classification for manifests, tokens and blobs.
+ * Whether a failed request or transfer is worth another attempt: a transient answer, a network
+ * PivotError (DNS, connect, TLS handshake, reset, stall) that is not permanent, not the pull's
+ * deadline and not a refused certificate, or an undici or socket error whose code (anywhere
+ * along the cause chain) is one of the transient ones. The one retry classification for
+ * manifests and blobs; retryWaitMs is the one backoff.
  */
 export function isRetryableError(err: unknown): boolean {
-  if (err instanceof PivotError) return err.kind === 'network' && !err.permanent && err.facts.code !== DEADLINE_CODE;
+  if (err instanceof TransientFailure) return true;
+  if (err instanceof PivotError) return err.kind === 'network' && !err.permanent && err.reason !== 'pull-deadline' && err.reason !== 'tls-certificate';
   const own = (err as { code?: unknown } | undefined)?.code;
   const code = errCode(err) ?? (typeof own === 'string' ? own : '');
   return RETRYABLE_CODES.has(code);
@@ -186,7 +199,7 @@ export function networkError(err: unknown, host: string, what: string, overTls =
     fix,
     facts: { host, stage, code, ...(timedOut ? { limit: timedOut[1] } : {}) },
     cause: err,
-    ...(permanent ? { permanent: true } : {}),
+    ...(permanent ? { permanent: true } : stage === 'transfer' ? { reason: 'transfer' as const } : CERT_CODE.test(code) ? { reason: 'tls-certificate' as const } : {}),
   });
 }
 
@@ -203,6 +216,11 @@ export const DEFAULT_BACKOFF: Backoff = { baseMs: 250, maxMs: 10_000, maxAttempt
 export function backoffDelay(attempt: number, b: Backoff = DEFAULT_BACKOFF, random: () => number = Math.random): number {
   const cap = Math.min(b.maxMs, b.baseMs * 2 ** attempt);
   return Math.floor(random() * cap);
+}
+
+/** How long to wait after failed attempt `attempt` (0-based) of a retryable failure: Retry-After, else the backoff. */
+export function retryWaitMs(err: unknown, attempt: number, b: Backoff = DEFAULT_BACKOFF): number {
+  return (err instanceof TransientFailure ? err.retryAfterMs : undefined) ?? backoffDelay(attempt, b);
 }
 
 /** Retry-After: delta-seconds or an HTTP-date; undefined when absent or unparseable. */

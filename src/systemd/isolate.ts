@@ -108,7 +108,7 @@ export async function refreshSystemd(mgr: SystemdManager, opts: RefreshOptions):
     try {
       job = await mgr.tryRestartUnit(unit);
     } catch (err) {
-      if (err instanceof PivotError && err.facts.dbusError === 'org.freedesktop.systemd1.NoSuchUnit') {
+      if (err instanceof PivotError && err.dbusName === 'org.freedesktop.systemd1.NoSuchUnit') {
         restarted[unit] = 'not-found';
         continue;
       }

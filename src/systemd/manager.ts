@@ -47,7 +47,7 @@ function systemdError(action: string, err: unknown, fix: string): PivotError {
   const e = err as { type?: string; text?: string; message?: string };
   const detail = e.type ? `${e.type}: ${e.text ?? e.message}` : (e.message ?? String(err));
   // The D-Bus error name is what callers branch on (never the text).
-  return new PivotError('systemd', `${action} failed: ${detail}`, { fix, cause: err, ...(e.type ? { facts: { dbusError: e.type } } : {}) });
+  return new PivotError('systemd', `${action} failed: ${detail}`, { fix, cause: err, ...(e.type ? { dbusName: e.type, facts: { dbusError: e.type } } : {}) });
 }
 
 /** Early JobRemoved signals kept while a start is in flight; systemd emits one per job, system-wide. */

@@ -1,10 +1,10 @@
-// sd_notify(3) for the agent's unit: STATUS= lines show the current phase in `systemctl status`,
-// READY=1 ends a Type=notify start. Every npm binding of sd_notify is a native addon, so this goes
-// through systemd-notify(1). For STATUS= alone it sends with its *parent's* PID in the
-// credentials, i.e. ours: systemd attributes the line to the agent even after systemd-notify has
-// exited, avoiding the race that loses notifications from short-lived helpers (test/systemd/
-// notify.test.ts checks this), and it then waits on a BARRIER=1 until PID 1 has read the line.
-// READY=1 goes out with systemd-notify's own PID, so the units set NotifyAccess=all.
+// sd_notify(3) for the agent's unit: STATUS= lines show the current phase in `systemctl status`.
+// The units are Type=oneshot, so STATUS= is all the agent sends (READY=1 would mean nothing).
+// Every npm binding of sd_notify is a native addon, so this goes through systemd-notify(1). For
+// STATUS= alone it sends with its *parent's* PID in the credentials, i.e. ours: systemd attributes
+// the line to the agent even after systemd-notify has exited, avoiding the race that loses
+// notifications from short-lived helpers (test/systemd/notify.test.ts checks this), and it then
+// waits on a BARRIER=1 until PID 1 has read the line.
 //
 // Notifying is best effort: a lost STATUS line must never fail a pivot, so nothing here throws.
 //
@@ -22,11 +22,6 @@ import { xattrs } from '../xattr.ts';
 
 export interface NotifyFields {
   STATUS?: string;
-  READY?: '1';
-  RELOADING?: '1';
-  STOPPING?: '1';
-  ERRNO?: string;
-  EXTEND_TIMEOUT_USEC?: string;
 }
 
 export interface NotifyOptions {
@@ -105,8 +100,4 @@ export async function sdNotify(fields: NotifyFields, opts: NotifyOptions = {}): 
 
 export function notifyStatus(text: string, opts?: NotifyOptions): Promise<boolean> {
   return sdNotify({ STATUS: text }, opts);
-}
-
-export function notifyReady(status?: string, opts?: NotifyOptions): Promise<boolean> {
-  return sdNotify(status === undefined ? { READY: '1' } : { READY: '1', STATUS: status }, opts);
 }

@@ -1,17 +1,15 @@
-// Public API of the unpacker. Keep it stable; callers: commands/pull.ts, pivot.ts, benches.
+// Public API of the unpacker. Keep it stable; callers: src/pull.ts, benches. It knows nothing of
+// registries: src/pull.ts joins the registry client to it.
 //
 //   interface LayerSource { digest; mediaType; size; open(): Promise<Readable> }
 //   unpackLayers(dest, layers, { limits, allowDevices, keepSysroot, onProgress? }) -> UnpackSummary
 //     Applies the layers in order onto dest (created if missing), rooted and tar-slip-proof.
 //     Throws PivotError kinds 'unpack', 'path-safety' or 'limit'; dest is then incomplete and
-//     must be discarded (pullToDest() does that with DIR.partial).
+//     must be discarded (src/pull.ts's pullToDest() does that with DIR.partial).
 //   LayerTarget / DirectTarget: the "write one entry" seam for a later delta mode.
 // Design notes and every deliberate difference from umoci: docs/unpack.md.
 export { unpackLayers, dropOstreeRepo, type LayerSource, type UnpackOptions, type UnpackProgress, type UnpackSummary } from './layers.ts';
 export { DirectTarget, type LayerTarget, type Outcome } from './entry.ts';
 export { compressionOf, corruptLayerError, decompressionStages, type Compression } from './decompress.ts';
-export type { TarEntry, EntryType } from './tar.ts';
-//   pullToDest(ref, dest, RegistryOptions, UnpackOptions) -> PullToDestSummary
-//     `pull IMAGE --dest DIR`: unpacks into DIR.partial, renames to DIR when complete; refuses
-//     an existing DIR; removes DIR.partial on failure.
-export { pullToDest, formatPullSummary, type PullToDestSummary } from './pull-dest.ts';
+export type { TarEntry, TarEntryType } from './tar.ts';
+export { bootcImageOf, type BootcImage } from './bootc.ts';

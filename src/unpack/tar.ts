@@ -9,13 +9,13 @@ import { extract as tarExtract, type Extract, type Header as Headers } from 'tar
 export type { Headers };
 import { PivotError } from '../errors.ts';
 
-export type EntryType = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'char' | 'block';
+export type TarEntryType = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'char' | 'block';
 
 /** One tar entry, normalised: what entry.ts needs and nothing tar-format specific. */
 export interface TarEntry {
   /** The name as in the archive (after PAX / GNU long names), UTF-8. */
   name: string;
-  type: EntryType;
+  type: TarEntryType;
   mode: number;
   uid: number;
   gid: number;
@@ -176,7 +176,7 @@ export function createTarExtract(label: string): Extract {
   return ex;
 }
 
-const typeMap: Record<string, EntryType> = {
+const typeMap: Record<string, TarEntryType> = {
   file: 'file',
   'contiguous-file': 'file',
   directory: 'dir',

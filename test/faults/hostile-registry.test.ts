@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { configSchema } from '../../src/config.ts';
 import { PivotError } from '../../src/errors.ts';
 import { openImage, writeOciLayout } from '../../src/registry/index.ts';
-import { pullToDest } from '../../src/unpack/index.ts';
+import { pullToDest } from '../../src/pull.ts';
 import { FORGED_PULLSPEC, HOSTILE_CASES, USER, type HostileCase } from '../helpers/hostile-cases.ts';
 import { imageOf, startHostile, trickle } from '../helpers/hostile-registry.ts';
 import { OCI_LAYER_GZIP } from '../helpers/oci-image.ts';

@@ -98,7 +98,8 @@ describe('staging faults (run --dry-run)', () => {
     const mnt = join(tmp, name);
     mkdirSync(mnt);
     const cfg = join(tmp, `${name}.json`);
-    writeFileSync(cfg, JSON.stringify({ image: `${reg.host}/ns/app:v1`, registriesConf: conf, stagingDir: join(mnt, 'staging'), stateDir: join(tmp, `${name}-state`), spaceFactor: 1 }));
+    // The operator's own small filesystem, used as it is (by default staging on a tmpfs gets a tmpfs of its own).
+    writeFileSync(cfg, JSON.stringify({ image: `${reg.host}/ns/app:v1`, registriesConf: conf, stagingDir: join(mnt, 'staging'), stateDir: join(tmp, `${name}-state`), spaceFactor: 1, stagingTmpfs: 'off' }));
     const script = 'mount -t tmpfs -o "$OPTS" none "$MNT" && "$@"; rc=$?; ls -A "$MNT" >&2; exit $rc';
     const r = await runCli(['run', '--config', cfg, '--dry-run'], {
       argv0: ['env', `MNT=${mnt}`, `OPTS=${tmpfsOptions}`, 'unshare', '-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath],

@@ -7,7 +7,8 @@ import { listSome, PivotError } from '../../src/errors.ts';
 import { writeAllSync } from '../../src/log.ts';
 import { budgetTimerDelayMs, guardedChunks, isDeadline, MAX_LAYERS, MIN_BYTES_PER_SECOND, PullBudget, readCapped } from '../../src/registry/bounds.ts';
 import { parseManifest } from '../../src/registry/manifest.ts';
-import { DEFAULT_TIMEOUTS, isPermanentCode, isRetryableError, networkError } from '../../src/registry/transport.ts';
+import { DEFAULT_TIMEOUTS } from '../../src/config.ts';
+import { isPermanentCode, isRetryableError, networkError } from '../../src/registry/transport.ts';
 import { thrown } from '../helpers/thrown.ts';
 
 const guard = { host: 'reg.example:5000', what: 'manifest ns/app:v1', timeouts: { ...DEFAULT_TIMEOUTS, readSeconds: 10 } };

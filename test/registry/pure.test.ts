@@ -9,6 +9,7 @@ import { backoffDelay, networkStage, parseRetryAfter, rangeHeader, resumePlan } 
 import { parseManifest, selectPlatform, effectiveMediaType, DOCKER_SCHEMA1, OCI_INDEX } from '../../src/registry/manifest.ts';
 import { parse as parseToml } from 'smol-toml';
 import { mapLimit } from '../../src/registry/blobs.ts';
+import { thrown } from '../helpers/thrown.ts';
 
 const D = 'sha256:' + '0'.repeat(64);
 
@@ -252,6 +253,7 @@ describe('manifests and platforms', () => {
   ])('selects %j', (p, i) => expect(selectPlatform(index, p, 'x', true)).toBe(index[i]));
   it('lists available platforms on no match', () => {
     expect(() => selectPlatform(index, { os: 'linux', architecture: 'arm', variant: 'v6' }, 'idx', true)).toThrow('idx has no image for linux/arm/v6; available: linux/amd64, linux/arm64, linux/arm/v7');
+    expect(thrown(() => selectPlatform(index, { os: 'linux', architecture: 'arm', variant: 'v6' }, 'idx', true))).toMatchObject({ reason: 'no-platform', permanent: true });
   });
 });
 

@@ -79,7 +79,7 @@ describe('refreshSystemd', () => {
     const { run } = recorder();
     ctx.fake.scripts.push({ error: { name: 'org.freedesktop.systemd1.LoadFailed', text: 'Unit crio.service not found in any path, failed to load.' } });
     const err = (await refreshSystemd(ctx.mgr, { restartUnits: ['crio.service'], run }).catch((e: unknown) => e)) as PivotError;
-    expect(err).toMatchObject({ kind: 'systemd', facts: { dbusError: 'org.freedesktop.systemd1.LoadFailed' } });
+    expect(err).toMatchObject({ kind: 'systemd', dbusName: 'org.freedesktop.systemd1.LoadFailed', facts: { dbusError: 'org.freedesktop.systemd1.LoadFailed' } });
     ctx.fake.scripts.push({ error: { name: 'org.freedesktop.systemd1.NoSuchUnit', text: 'no words to match here' } });
     expect((await refreshSystemd(ctx.mgr, { restartUnits: ['gone.service'], run })).restarted).toEqual({ 'gone.service': 'not-found' });
   });

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pullToDest } from '../../src/unpack/index.ts';
+import { pullToDest } from '../../src/pull.ts';
 import { xattrs } from '../../src/xattr.ts';
 import { buildChunkahImage } from '../helpers/ostree-image.ts';
 import { pushLayout, type BuiltImage } from '../helpers/oci-image.ts';

@@ -1,14 +1,15 @@
-// pull IMAGE --dest DIR: the registry client's verified blob streams, straight into the unpacker.
+// The registry client's verified blob streams, straight into the unpacker: `pull IMAGE --dest DIR`
+// and the pivot's pull phase. It sits above both, so unpack/ knows nothing of registries and
+// registry/ nothing of trees.
 // The tree is built in DIR.partial and renamed to DIR only once every layer is in and verified,
 // so a failed or killed pull never leaves a plausible-looking DIR behind.
 import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import { PivotError } from '../errors.ts';
-import { log } from '../log.ts';
-import { mapLimit, openImage, type BlobStats, type OpenedImage, type RegistryOptions } from '../registry/index.ts';
-import { bootcImageOf, type BootcImage } from './bootc.ts';
-import { unpackLayers, type LayerSource, type UnpackOptions, type UnpackSummary } from './layers.ts';
+import { PivotError } from './errors.ts';
+import { log } from './log.ts';
+import { mapLimit, openImage, type BlobStats, type OpenedImage, type RegistryOptions } from './registry/index.ts';
+import { bootcImageOf, unpackLayers, type BootcImage, type LayerSource, type UnpackOptions, type UnpackSummary } from './unpack/index.ts';
 
 export interface PullToDestSummary extends UnpackSummary {
   image: string;

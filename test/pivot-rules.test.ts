@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { attemptNumber, decideSkip, retryDelaySeconds, spaceShortfall } from '../src/pivot.ts';
+import { attemptNumber, decideSkip, isolateSkipReason, retryDelaySeconds, spaceShortfall } from '../src/pivot-rules.ts';
 import type { PivotState } from '../src/state.ts';
 
 const digest = 'sha256:' + 'b'.repeat(64);
@@ -46,6 +46,8 @@ describe('spaceShortfall', () => {
     expect(spaceShortfall(1024 ** 3, 512 * 1024 ** 2, 3)).toBe(
       'staging needs 1536 MiB (512 MiB compressed x spaceFactor 3) but only 1024 MiB is free');
     expect(spaceShortfall(2 * 1024 ** 3, 512 * 1024 ** 2, 3)).toBeUndefined();
+    // Staging in RAM says where the room went.
+    expect(spaceShortfall(1024 ** 3, 512 * 1024 ** 2, 3, true)).toMatch(/is free in RAM \(MemAvailable minus stagingReserveMiB, or the tmpfs cap\)$/);
   });
 });
 
@@ -63,5 +65,14 @@ describe('retries', () => {
     expect(totals).toEqual([0, 15, 30, 60, 120, 240, 300, 300]);
     expect(retryDelaySeconds(9, 0)).toBe(0);
     expect(retryDelaySeconds(9, 60)).toBe(45);
+  });
+});
+
+describe('isolateSkipReason', () => {
+  it('isolates only while the boot still sits in the pivot target, or the target is not up', () => {
+    expect(isolateSkipReason('multi-user.target', { target: 'active', pivotTarget: 'inactive' })).toBe('multi-user.target is already active');
+    expect(isolateSkipReason('multi-user.target', { target: 'active', pivotTarget: 'active' })).toBeUndefined();
+    expect(isolateSkipReason('multi-user.target', { target: 'inactive', pivotTarget: 'inactive' })).toBeUndefined();
+    expect(isolateSkipReason('multi-user.target', { target: 'activating', pivotTarget: 'active' })).toBeUndefined();
   });
 });
