@@ -138,7 +138,7 @@ export function spawnInOwnDomain<T>(spawn: () => T, selinuxfs = SELINUX_FS): T {
   const self = existsSync(join(selinuxfs, 'enforce')) ? currentContext() : undefined;
   if (!self) return spawn();
   try {
-    writeFileSync(EXEC_ATTR, self);
+    writeExecAttr(self);
   } catch {
     return spawn();
   }
@@ -146,6 +146,14 @@ export function spawnInOwnDomain<T>(spawn: () => T, selinuxfs = SELINUX_FS): T {
     return spawn();
   } finally {
     // A lone newline resets the exec context (selinux_setprocattr).
-    writeFileSync(EXEC_ATTR, '\n');
+    writeExecAttr('\n');
   }
+}
+
+/**
+ * Opened without O_CREAT ('r+'): the attr file always exists, and a creating open is checked
+ * as `create` on the process's own type and denied (an AVC line per mount, seen in the VM).
+ */
+function writeExecAttr(value: string): void {
+  writeFileSync(EXEC_ATTR, value, { flag: 'r+' });
 }

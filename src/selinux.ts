@@ -9,6 +9,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { isAbsolute, join } from 'node:path';
 import { execa } from 'execa';
+import { runThroughPipe } from './child-output.ts';
 import { PivotError, isErrno } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
@@ -161,26 +162,6 @@ export function planLabel(input: LabelInput, view: TreeView = diskView, kernelMa
     stagedRoot,
   ];
   return { stagedRoot, policyType, policyDir, fileContexts, policyBinary, argv };
-}
-
-/**
- * Runs a helper that enters a domain of its own (setfiles_t) with its output captured. The
- * agent's child stdio are socketpairs labelled with the agent's domain, which the helper's domain
- * may not use: the kernel would close them on exec (with a denial) and the helper's error would
- * be lost. So a shell in the agent's domain runs it with stdout and stderr on an anonymous pipe
- * (labelled like the shell, and setfiles_t may write to that), keeps the last lines, and
- * passes the exit status through. Nothing else reaches the helper: systemd starts the agent with
- * only stdio open, and Node opens everything else close-on-exec.
- */
-export async function runThroughPipe(argv: readonly [string, ...string[]], keepLines = 20): Promise<{ exitCode: number; output: string }> {
-  const script = [
-    'exec 3>&1',
-    `status=$( { { "$@" </dev/null 2>&1 3>&- 4>&-; echo $? >&4; } | tail -n ${keepLines} >&3; } 4>&1 )`,
-    'exit "$status"',
-  ].join('\n');
-  const r = await execa('sh', ['-c', script, 'sh', ...argv], { reject: false, stdin: 'ignore', all: true });
-  if (r.exitCode === undefined) throw Object.assign(new Error(`sh did not run: ${r.message}`), { code: 'ENOENT' });
-  return { exitCode: r.exitCode, output: (r.all ?? '').trim() };
 }
 
 /** Runs setfiles on the staged tree. Whether to label at all is labelStagedTree's decision. */

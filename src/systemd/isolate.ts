@@ -6,7 +6,7 @@
 //     then try-restart the units that must pick up the new /usr now (sshd by default).
 //   isolate: Subscribe(), handler already registered, StartUnit(target, "isolate"), and wait for
 //     THAT job's JobRemoved. The agent's unit has IgnoreOnIsolate=yes, so it survives to report.
-import { execa } from 'execa';
+import { runThroughPipe } from '../child-output.ts';
 import { PivotError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
 import { log } from '../log.ts';
@@ -51,9 +51,11 @@ export interface CommandResult {
 
 export type RunCommand = (file: string, args: string[]) => Promise<CommandResult>;
 
-const runCommand: RunCommand = async (file, args) => {
-  const r = await execa(file, args, { reject: false, timeout: 300_000, stdin: 'ignore' });
-  return { exitCode: r.exitCode ?? -1, stderr: String(r.stderr) };
+// Through a pipe: systemd-sysusers and systemd-tmpfiles enter domains of their own, which may
+// not use the agent's stdio sockets (denied in the VM, and their messages were lost).
+export const runRefreshHelper: RunCommand = async (file, args) => {
+  const r = await runThroughPipe([file, ...args], 20, 300_000);
+  return { exitCode: r.exitCode, stderr: r.output };
 };
 
 export interface RefreshOptions {
@@ -77,7 +79,7 @@ function firstLine(text: string): string {
 }
 
 export async function refreshSystemd(mgr: SystemdManager, opts: RefreshOptions): Promise<RefreshResult> {
-  const run = opts.run ?? runCommand;
+  const run = opts.run ?? runRefreshHelper;
   const warnings: string[] = [];
   const t0 = performance.now();
   failpoint('systemd.reload');

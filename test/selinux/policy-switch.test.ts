@@ -8,8 +8,9 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseAccessAnswer, permBit, pickPolicyVersion, loadPolicyImage } from '../../src/selinux-kernel.ts';
 import {
-  decidePolicySwitch, etcLabelQuestions, etcLabels, labelStagedTree, lookupContexts, planLabel, policyFilesToPrelabel, runThroughPipe,
+  decidePolicySwitch, etcLabelQuestions, etcLabels, labelStagedTree, lookupContexts, planLabel, policyFilesToPrelabel,
 } from '../../src/selinux.ts';
+import { runThroughPipe } from '../../src/child-output.ts';
 import { resetFailpoints } from '../../src/failpoints.ts';
 
 let root: string;

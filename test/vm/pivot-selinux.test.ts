@@ -42,8 +42,8 @@ describe('vm: full pivot under enforcing, allow_execmem on (generator + isolate)
     const s = await waitForPivotResult(vm, ['done']);
     await vm.waitForUnit('multi-user.target', 'active', 600_000);
     bootToMultiUserSeconds = Number((await vm.sh("awk '{print $1}' /proc/uptime")).stdout.trim());
-    const pull = phaseFacts(s, 'pull') as { staging?: { filesystem?: string; usedBytes?: number }; peakRssBytes?: number; expandedBytes?: number };
-    process.stderr.write(`vm pivot (allow_execmem, 3 GiB): ${phaseTimes(s)}; staging ${pull.staging?.filesystem} ${((pull.staging?.usedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB used, agent peak RSS ${((pull.peakRssBytes ?? 0) / 2 ** 20).toFixed(0)} MiB; multi-user.target after ${bootToMultiUserSeconds.toFixed(0)} s of uptime\n`);
+    const pull = phaseFacts(s, 'pull') as { staging?: { filesystem?: string }; stagingUsedBytes?: number; peakRssBytes?: number; expandedBytes?: number };
+    process.stderr.write(`vm pivot (allow_execmem, 3 GiB): ${phaseTimes(s)}; staging ${pull.staging?.filesystem} ${((pull.stagingUsedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB used, agent peak RSS ${((pull.peakRssBytes ?? 0) / 2 ** 20).toFixed(0)} MiB; multi-user.target after ${bootToMultiUserSeconds.toFixed(0)} s of uptime\n`);
     expect(s.phases?.map((p) => p.name)).toEqual(['preflight', 'resolve', 'pull', 'etc-plan', 'selinux', 'mount', 'etc-apply', 'refresh', 'isolate']);
     expect(phaseFacts(s, 'selinux')).toMatchObject({ policyLoaded: true });
     expect(pull.staging?.filesystem).toBe('own tmpfs');
