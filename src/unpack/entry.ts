@@ -38,6 +38,11 @@ export interface LayerTarget {
 export interface DirectTargetOptions {
   allowDevices: boolean;
   isRoot: boolean;
+  /**
+   * Wraps the on-disk probe the resolver asks: a delta target answers for entries it left out
+   * of the tree (a skipped symlink must still be followed as the image would).
+   */
+  wrapProbe?: (onDisk: PathProbe) => PathProbe;
 }
 
 const XATTR_WE_DO_NOT_CLEAR = new Set(['security.selinux']);
@@ -88,7 +93,18 @@ export class DirectTarget implements LayerTarget {
   constructor(root: string, opts: DirectTargetOptions) {
     this.root = root;
     this.opts = opts;
-    this.probe = cachedProbe(fsProbe(root), this.knownDirs);
+    const onDisk = fsProbe(root);
+    this.probe = cachedProbe(opts.wrapProbe ? opts.wrapProbe(onDisk) : onDisk, this.knownDirs);
+  }
+
+  /** The resolved relative path of an entry, its parents created as for a write. */
+  placeEntry(entryName: string, comps: readonly string[]): string {
+    return this.place(entryName, comps).rel;
+  }
+
+  /** Removes whatever is at rel (a directory recursively), as a replacement would. */
+  removePath(rel: string): void {
+    this.clear(rel, false);
   }
 
   beginLayer(): void {
