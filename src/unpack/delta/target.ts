@@ -63,6 +63,12 @@ export class DeltaTarget implements LayerTarget {
   private layerRels = new Set<string>();
 
   constructor(root: string, opts: DeltaTargetOptions) {
+    if (!lstatSync(opts.bootedUsr, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new PivotError('preflight', `delta staging needs the booted /usr at ${JSON.stringify(opts.bootedUsr)}, which is not a directory`, {
+        path: opts.bootedUsr,
+        fix: 'stage in full (staging: "full"), or run on the booted node where that bind exists',
+      });
+    }
     this.root = root;
     this.opts = opts;
     let onDisk: PathProbe | undefined;

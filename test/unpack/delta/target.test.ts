@@ -1,0 +1,178 @@
+// DeltaTarget on disk, case by case: what the delta holds (and leaves out) after real unpacks
+// against a booted tree in a temp dir. The oracle test proves the merged view; these prove that
+// the delta is small for the right reasons, and that bad input changes nothing booted.
+import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { PivotError } from '../../../src/errors.ts';
+import { resetFailpoints } from '../../../src/failpoints.ts';
+import { DeltaTarget, type DeltaTargetOptions } from '../../../src/unpack/delta/target.ts';
+import { treeDigest } from '../../../src/unpack/delta/digest.ts';
+import { unpackLayers } from '../../../src/unpack/index.ts';
+import { xattrs } from '../../../src/xattr.ts';
+import { TarBuilder } from '../../helpers/tar-builder.ts';
+import { thrown } from '../../helpers/thrown.ts';
+import { options, tarLayer } from '../util.ts';
+
+const isRoot = process.getuid?.() === 0;
+let base: string;
+let booted: string;
+let delta: string;
+let bootedBefore: string;
+
+function bytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) % 251;
+  return b;
+}
+
+beforeEach(() => {
+  base = mkdtempSync(join(tmpdir(), 'nip-delta-target-'));
+  booted = join(base, 'booted');
+  delta = join(base, 'delta');
+  mkdirSync(join(booted, 'usr/bin'), { recursive: true });
+  writeFileSync(join(booted, 'usr/bin/same'), 'same');
+  writeFileSync(join(booted, 'usr/bin/big'), bytes(700_000, 1));
+  writeFileSync(join(booted, 'usr/bin/gone'), 'gone');
+  symlinkSync('same', join(booted, 'usr/bin/link'));
+  mkdirSync(join(booted, 'usr/share/old'), { recursive: true });
+  writeFileSync(join(booted, 'usr/share/old/a'), 'a');
+  bootedBefore = treeDigest(booted).digest;
+});
+afterEach(() => {
+  expect(treeDigest(booted).digest).toBe(bootedBefore);
+  delete process.env.NODE_IMAGE_PIVOT_FAILPOINTS;
+  resetFailpoints();
+  rmSync(base, { recursive: true, force: true });
+});
+
+const target = (over: Partial<DeltaTargetOptions> = {}): DeltaTarget => new DeltaTarget(delta, { allowDevices: false, isRoot, bootedUsr: join(booted, 'usr'), ...over });
+const has = (rel: string): boolean => lstatSync(join(delta, rel), { throwIfNoEntry: false }) !== undefined;
+const layer = (t: TarBuilder): ReturnType<typeof tarLayer> => tarLayer(t.end());
+const image = (): TarBuilder => new TarBuilder().dir('usr').dir('usr/bin').dir('usr/share');
+
+describe('DeltaTarget', () => {
+  it('leaves out identical files and symlinks, writes what differs, hides what the image lacks', async () => {
+    const t = target();
+    const l1 = image().file('usr/bin/same', 'same').symlink('usr/bin/link', 'same').file('usr/bin/big', bytes(700_000, 1)).file('usr/bin/new', 'new');
+    await unpackLayers(delta, [layer(l1)], options({ target: t }));
+    expect(['usr/bin/same', 'usr/bin/link', 'usr/bin/big'].map(has)).toEqual([false, false, false]);
+    expect(readFileSync(join(delta, 'usr/bin/new'), 'utf8')).toBe('new');
+    // usr/bin keeps a booted file, so it gets a whiteout; usr/share has nothing of the image's.
+    const gone = lstatSync(join(delta, 'usr/bin/gone'));
+    expect([gone.isCharacterDevice(), gone.rdev]).toEqual([true, 0]);
+    expect(xattrs().getAttributeSync(join(delta, 'usr/share'), 'trusted.overlay.opaque')?.toString()).toBe('y');
+    expect(t.stats).toMatchObject({ skipped: 3, skippedBytes: 700_004, contentCompared: 2, whiteouts: 1, opaqueDirs: 1, materialized: 0 });
+  });
+
+  it.each([0, 300_000, 699_999])('a difference at byte %i of a large file still writes the image\'s exact bytes', async (at) => {
+    const data = bytes(700_000, 1);
+    data[at] = (data[at]! + 1) % 256;
+    const t = target();
+    await unpackLayers(delta, [layer(image().file('usr/bin/big', data))], options({ target: t }));
+    expect(readFileSync(join(delta, 'usr/bin/big')).equals(data)).toBe(true);
+    expect(t.stats.skipped).toBe(0);
+  });
+
+  it('a later layer can put back, replace or white out a path an earlier layer matched or wrote', async () => {
+    const t = target();
+    const l1 = image().file('usr/bin/same', 'changed').file('usr/bin/big', bytes(700_000, 1)).file('usr/bin/gone', 'gone');
+    const l2 = new TarBuilder().file('usr/bin/same', 'same').file('usr/bin/big', 'now small').whiteout('usr/bin/gone');
+    await unpackLayers(delta, [layer(l1), layer(l2)], options({ target: t }));
+    expect(has('usr/bin/same')).toBe(false);
+    expect(readFileSync(join(delta, 'usr/bin/big'), 'utf8')).toBe('now small');
+    expect(lstatSync(join(delta, 'usr/bin/gone')).isCharacterDevice()).toBe(true);
+  });
+
+  it('a hardlink to a skipped file is left out when the booted path is the same, else the target is materialized once', async () => {
+    linkSync(join(booted, 'usr/bin/same'), join(booted, 'usr/bin/same-hl'));
+    writeFileSync(join(booted, 'usr/bin/other'), 'different');
+    bootedBefore = treeDigest(booted).digest;
+    const t = target();
+    const l1 = image().file('usr/bin/same', 'same').hardlink('usr/bin/same-hl', 'usr/bin/same').hardlink('usr/bin/other', 'usr/bin/same').hardlink('usr/bin/third', 'usr/bin/same');
+    await unpackLayers(delta, [layer(l1)], options({ target: t }));
+    expect(has('usr/bin/same-hl')).toBe(false);
+    const [same, other, third] = ['same', 'other', 'third'].map((n) => lstatSync(join(delta, 'usr/bin', n)));
+    expect(readFileSync(join(delta, 'usr/bin/other'), 'utf8')).toBe('same');
+    expect(new Set([same!.ino, other!.ino, third!.ino]).size).toBe(1);
+    expect(t.stats.materialized).toBe(1);
+  });
+
+  it('never leaves out a path below a booted symlink that the image makes a directory', async () => {
+    mkdirSync(join(booted, 'usr/lib'));
+    writeFileSync(join(booted, 'usr/lib/f'), 'f');
+    symlinkSync('lib', join(booted, 'usr/lib64'));
+    bootedBefore = treeDigest(booted).digest;
+    await unpackLayers(delta, [layer(image().dir('usr/lib64').file('usr/lib64/f', 'f'))], options({ target: target() }));
+    expect(readFileSync(join(delta, 'usr/lib64/f'), 'utf8')).toBe('f');
+  });
+
+  it('follows a skipped symlink as the image would when a later entry writes through it', async () => {
+    mkdirSync(join(booted, 'usr/lib'));
+    symlinkSync('lib', join(booted, 'usr/lib64'));
+    bootedBefore = treeDigest(booted).digest;
+    const t = target();
+    await unpackLayers(delta, [layer(image().dir('usr/lib').symlink('usr/lib64', 'lib').file('usr/lib64/new', 'n'))], options({ target: t }));
+    expect(has('usr/lib64')).toBe(false);
+    expect(readFileSync(join(delta, 'usr/lib/new'), 'utf8')).toBe('n');
+  });
+
+  it('compares the new policy\'s label with the booted one', async () => {
+    xattrs().setAttributeSync(join(booted, 'usr/bin/same'), 'security.selinux', Buffer.from('system_u:object_r:bin_t:s0\0'));
+    bootedBefore = treeDigest(booted).digest;
+    const l = (): ReturnType<typeof layer> => layer(image().file('usr/bin/same', 'same'));
+    await unpackLayers(delta, [l()], options({ target: target({ labelFor: () => 'system_u:object_r:bin_t:s0' }) }));
+    expect(has('usr/bin/same')).toBe(false);
+    rmSync(delta, { recursive: true });
+    await unpackLayers(delta, [l()], options({ target: target({ labelFor: () => 'system_u:object_r:usr_t:s0' }) }));
+    expect(readFileSync(join(delta, 'usr/bin/same'), 'utf8')).toBe('same');
+  });
+
+  it('uses the booted ostree repo: a known object is not written, its links are left out or materialized from it', async () => {
+    const csum = 'ab'.padEnd(64, 'c');
+    const repo = join(base, 'repo');
+    mkdirSync(join(repo, 'objects/ab'), { recursive: true });
+    const object = join(repo, `objects/ab/${csum.slice(2)}.file`);
+    writeFileSync(object, 'object content');
+    linkSync(object, join(booted, 'usr/bin/obj'));
+    writeFileSync(join(booted, 'usr/bin/copy'), 'object content');
+    writeFileSync(join(booted, 'usr/bin/differs'), 'object CONTENT');
+    bootedBefore = treeDigest(booted).digest;
+    const objPath = `sysroot/ostree/repo/objects/ab/${csum.slice(2)}.file`;
+    const t = target({ bootedRepo: repo });
+    const l1 = image().dir('sysroot').dir('sysroot/ostree').dir('sysroot/ostree/repo').dir('sysroot/ostree/repo/objects').dir('sysroot/ostree/repo/objects/ab')
+      .file(objPath, 'object content').hardlink('usr/bin/obj', objPath).hardlink('usr/bin/copy', objPath).hardlink('usr/bin/differs', objPath);
+    await unpackLayers(delta, [layer(l1)], options({ target: t, keepSysroot: true }));
+    expect([has('usr/bin/obj'), has('usr/bin/copy')]).toEqual([false, false]);
+    expect(readFileSync(join(delta, 'usr/bin/differs'), 'utf8')).toBe('object content');
+    // The hardlinked booted path is decided by inode; the copy and the same-size changed file are read.
+    expect(t.stats).toMatchObject({ objectsInBootedRepo: 1, materialized: 1, contentCompared: 2 });
+  });
+
+  it('refuses a missing booted /usr with a clear error', () => {
+    const e = thrown(() => target({ bootedUsr: join(base, 'nope') }));
+    expect(e).toBeInstanceOf(PivotError);
+    expect((e as PivotError).kind).toBe('preflight');
+    expect((e as PivotError).path).toBe(join(base, 'nope'));
+  });
+
+  it('a hardlink to nothing is the unpack error DirectTarget gives, and nothing booted changes', async () => {
+    const e = await unpackLayers(delta, [layer(image().hardlink('usr/bin/x', 'usr/bin/missing'))], options({ target: target() })).catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(PivotError);
+    expect((e as PivotError).kind).toBe('unpack');
+  });
+
+  it.each(['delta.skip', 'delta.materialize', 'delta.whiteouts'])('failpoint %s stops the unpack, booted /usr untouched', async (fp) => {
+    process.env.NODE_IMAGE_PIVOT_FAILPOINTS = `${fp}:error`;
+    resetFailpoints();
+    const l1 = image().file('usr/bin/same', 'same').hardlink('usr/bin/hl', 'usr/bin/same');
+    const e = await unpackLayers(delta, [layer(l1)], options({ target: target() })).catch((err: unknown) => err);
+    expect((e as PivotError).facts).toMatchObject({ failpoint: fp });
+  });
+
+  it('leaves the tree alone outside usr/', async () => {
+    await unpackLayers(delta, [layer(new TarBuilder().dir('etc').file('etc/x', 'same'))], options({ target: target() }));
+    expect(readdirSync(delta).sort()).toEqual(['etc']);
+  });
+});
