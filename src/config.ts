@@ -50,6 +50,11 @@ export const configSchema = z
     platform: z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(\/[a-z0-9]+)?$/, { message: 'must be OS/ARCH[/VARIANT], e.g. linux/amd64' }).optional(),
     stagingDir: absolutePath.default('/run/node-image-pivot/staging'),
     stateDir: absolutePath.default(DEFAULT_STATE_DIR),
+    /**
+     * full: stage the whole node image; delta: only what differs from the booted /usr (an
+     * overlay over it); auto: delta when the root lives in RAM (src/staging-mode.ts).
+     */
+    staging: z.enum(['full', 'delta', 'auto']).default('auto'),
     /** Free space needed = compressed size x this factor (expanded tree plus blob cache). */
     spaceFactor: z.number().min(1).max(100).default(3),
     skipIfPathExists: z.array(absolutePath).default([]),
