@@ -122,6 +122,7 @@ export class DeltaTarget implements LayerTarget {
   }
 
   async writeEntry(entry: TarEntry, comps: readonly string[], body: AsyncIterable<Buffer>): Promise<Outcome> {
+    refuseOverlayMarks(entry);
     const rel = this.direct.placeEntry(entry.name, comps);
     this.layerRels.add(rel);
     if (entry.type === 'dir') {
@@ -303,4 +304,19 @@ export class DeltaTarget implements LayerTarget {
     }
     this.direct.finish();
   }
+}
+
+/**
+ * In a full staging these are inert bytes; at the top of an overlay they are instructions
+ * (opaque, redirect, metacopy, a whiteout), which would hide or redirect booted files the image
+ * never asked to lose. A node image has no business carrying them.
+ */
+function refuseOverlayMarks(entry: TarEntry): void {
+  const mark = [...entry.xattrs.keys()].find((k) => k.startsWith('trusted.overlay.'));
+  const whiteoutDevice = entry.type === 'char' && entry.devmajor === 0 && entry.devminor === 0;
+  if (mark === undefined && !whiteoutDevice) return;
+  throw new PivotError('path-safety', `entry ${JSON.stringify(entry.name)} carries an overlayfs ${mark === undefined ? 'whiteout (a 0/0 character device)' : `xattr ${mark}`}, which delta staging would obey`, {
+    path: entry.name,
+    fix: 'rebuild the image without overlayfs marks, or set staging to "full"',
+  });
 }

@@ -163,6 +163,17 @@ describe('DeltaTarget', () => {
     expect((e as PivotError).kind).toBe('unpack');
   });
 
+  it.each([
+    ['an opaque xattr', image().dir('usr/share/x', { xattrs: { 'trusted.overlay.opaque': 'y' } })],
+    ['a redirect xattr', image().file('usr/bin/r', 'r', { xattrs: { 'trusted.overlay.redirect': '/x' } })],
+    ['a 0/0 character device', image().add({ name: 'usr/bin/same', type: 'char', devmajor: 0, devminor: 0 })],
+  ])('refuses an entry with %s (the overlay would obey it) with a path-safety error', async (_what, l) => {
+    const e = await unpackLayers(delta, [layer(l)], options({ target: target(), allowDevices: true })).catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(PivotError);
+    expect([(e as PivotError).kind, (e as PivotError).exitCode]).toEqual(['path-safety', 5]);
+    expect((e as PivotError).path).toMatch(/^usr\//);
+  });
+
   it.each(['delta.skip', 'delta.materialize', 'delta.whiteouts'])('failpoint %s stops the unpack, booted /usr untouched', async (fp) => {
     process.env.NODE_IMAGE_PIVOT_FAILPOINTS = `${fp}:error`;
     resetFailpoints();
