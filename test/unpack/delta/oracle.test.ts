@@ -17,8 +17,8 @@ interface Report {
   stats: { skipped: number; materialized: number; whiteouts: number; opaqueDirs: number; contentCompared: number };
 }
 
-function runCase(seed: number, size: number): Report {
-  const r = spawnSync('unshare', ['-m', '--propagation', 'private', process.execPath, child, JSON.stringify({ seed, base, size })], {
+function runCase(seed: number, size: number, labels = false): Report {
+  const r = spawnSync('unshare', ['-m', '--propagation', 'private', process.execPath, child, JSON.stringify({ seed, base, size, labels })], {
     encoding: 'utf8', env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn' },
   });
   if (r.status !== 0) throw new Error(`oracle child failed (${String(r.status)}): ${r.stderr}`);
@@ -34,6 +34,14 @@ describe.skipIf(!canUnshare)('delta staging oracle (random trees, real overlayfs
     // The delta really leaves things out: most of the tree is shared by construction.
     expect(r.stats.skipped).toBeGreaterThan(r.entries / 4);
     expect(r.deltaBytes).toBeLessThan(r.fullBytes);
+    for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += r.stats[k];
+  });
+
+  it.each([11, 12, 13])('seed %i with labels: a path whose booted label differs from the new policy\'s is staged', (seed) => {
+    const r = runCase(seed, 120, true);
+    expect(r.diff).toEqual([]);
+    expect(r.merged).toBe(r.full);
+    expect(r.stats.skipped).toBeGreaterThan(r.entries / 5);
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += r.stats[k];
   });
 
