@@ -62,6 +62,17 @@ function readFull(fd: number, buf: Buffer, len: number, pos: number): number {
   return got;
 }
 
+/**
+ * One buffer for the booted side of every comparison: entries are compared one at a time (the
+ * tar parser hands out one body at a time), and a fresh zeroed buffer per file cost more than
+ * the reads on a tree of small files.
+ */
+let shared = Buffer.allocUnsafe(CHUNK);
+function scratch(n: number): Buffer {
+  if (shared.length < n) shared = Buffer.allocUnsafe(n);
+  return shared;
+}
+
 export type StreamComparison =
   | { same: true; bytes: number }
   /** The bytes of the entry, replayed: the booted prefix that matched, then the rest of the body. */
@@ -78,18 +89,17 @@ export async function compareBody(bootedPath: string, body: AsyncIterable<Buffer
   const fd = openSync(bootedPath, READ_NOFOLLOW);
   const it = body[Symbol.asyncIterator]();
   let matched = 0;
-  let mine = Buffer.alloc(CHUNK);
   try {
     for (;;) {
       const r = await it.next();
       if (r.done) {
         // The booted file must end here too (it may have grown since it was lstat'ed).
-        const extra = readFull(fd, mine, 1, matched);
+        const extra = readFull(fd, scratch(1), 1, matched);
         if (extra === 0) return { same: true, bytes: matched };
         return { same: false, body: replay(bootedPath, matched, undefined, it) };
       }
       const chunk = r.value;
-      if (mine.length < chunk.length) mine = Buffer.alloc(chunk.length);
+      const mine = scratch(chunk.length);
       const got = readFull(fd, mine, chunk.length, matched);
       if (got !== chunk.length || !mine.subarray(0, got).equals(chunk)) {
         return { same: false, body: replay(bootedPath, matched, chunk, it) };

@@ -18,7 +18,7 @@ describe.skipIf(!ready)('delta staging oracle (ostree-native image, real ostree 
       encoding: 'utf8', env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn' },
     });
     expect(r.status, r.stderr).toBe(0);
-    const report = JSON.parse(r.stdout) as { full: string; merged: string; diff: string[]; fullEntries: number; deltaEntries: number; stats: Record<string, number> };
+    const report = JSON.parse(r.stdout) as { full: string; merged: string; diff: string[]; fullEntries: number; deltaEntries: number; stats: { objectsInBootedRepo: number; skipped: number; contentCompared: number } };
     expect(report.diff).toEqual([]);
     expect(report.merged).toBe(report.full);
     // Most content objects are the booted repo's; their paths are decided by inode, unread.
