@@ -13,11 +13,11 @@ const base = mkdtempSync(join(tmpdir(), 'nip-delta-oracle-'));
 afterAll(() => rmSync(base, { recursive: true, force: true }));
 
 interface Report {
-  full: string; merged: string; diff: string[]; entries: number; fullBytes: number; deltaBytes: number;
+  full: string; merged: string; diff: string[]; entries: number; fullBytes: number; deltaBytes: number; relabelled: number;
   stats: { skipped: number; materialized: number; whiteouts: number; opaqueDirs: number; contentCompared: number };
 }
 
-function runCase(seed: number, size: number, labels = false): Report {
+function runCase(seed: number, size: number, labels: false | 'stream' | 'late' = false): Report {
   const r = spawnSync('unshare', ['-m', '--propagation', 'private', process.execPath, child, JSON.stringify({ seed, base, size, labels })], {
     encoding: 'utf8', env: { ...process.env, NODE_IMAGE_PIVOT_LOG_LEVEL: 'warn' },
   });
@@ -38,11 +38,19 @@ describe.skipIf(!canUnshare)('delta staging oracle (random trees, real overlayfs
   });
 
   it.each([11, 12, 13])('seed %i with labels: a path whose booted label differs from the new policy\'s is staged', (seed) => {
-    const r = runCase(seed, 120, true);
+    const r = runCase(seed, 120, 'stream');
     expect(r.diff).toEqual([]);
     expect(r.merged).toBe(r.full);
     expect(r.stats.skipped).toBeGreaterThan(r.entries / 5);
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += r.stats[k];
+  });
+
+  it.each([21, 22, 23])('seed %i with labels known only after the unpack: stageRelabelled makes the same tree', (seed) => {
+    const r = runCase(seed, 120, 'late');
+    expect(r.diff).toEqual([]);
+    expect(r.merged).toBe(r.full);
+    expect(r.relabelled).toBeGreaterThan(0);
+    expect(r.stats.skipped).toBeGreaterThan(r.entries / 4);
   });
 
   it('the seeds together exercise every kind of delta mark', () => {
