@@ -9,7 +9,7 @@
 //   - finish() hides booted paths the image lacks (whiteouts, or one opaque marker).
 // Directories are always written: an overlay directory takes its metadata from the top layer.
 import {
-  closeSync, constants, fchmodSync, fchownSync, futimesSync, lstatSync, openSync, readdirSync, readlinkSync, unlinkSync, writeSync,
+  closeSync, constants, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, openSync, readdirSync, readlinkSync, symlinkSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { PivotError, isErrno } from '../../errors.ts';
 import { failpoint } from '../../failpoints.ts';
@@ -95,6 +95,8 @@ export class DeltaTarget implements LayerTarget {
       mkdir: (rel) => {
         inner.mkdir(rel);
         this.deltaDirs.add(rel);
+        // An implicit parent belongs to the layer that needed it, as in DirectTarget.
+        this.layerRels.add(rel);
       },
     };
   }
@@ -164,15 +166,18 @@ export class DeltaTarget implements LayerTarget {
   /** Leaves rel out of the delta, removing what an earlier layer (or entry) wrote there. */
   private skip(rel: string, rec: BootedObject | null, bytes: number): void {
     failpoint('delta.skip');
-    if (this.deltaDirs.has(rel)) {
-      this.direct.removePath(rel);
-      this.dropUnder(rel);
-    } else {
+    let dir = this.deltaDirs.has(rel);
+    if (!dir) {
       try {
         unlinkSync(hostPath(this.root, rel));
       } catch (err) {
-        if (!isErrno(err, 'ENOENT')) throw err;
+        if (!isErrno(err, 'ENOENT', 'EISDIR')) throw err;
+        dir = isErrno(err, 'EISDIR');
       }
+    }
+    if (dir) {
+      this.direct.removePath(rel);
+      this.dropUnder(rel);
     }
     this.skipped.set(rel, rec);
     this.stats.skipped++;
@@ -194,6 +199,8 @@ export class DeltaTarget implements LayerTarget {
   private async hardlink(entry: TarEntry, comps: readonly string[], rel: string, body: AsyncIterable<Buffer>): Promise<Outcome> {
     const target = this.resolveLinkTarget(entry.linkname);
     const rec = target === undefined ? undefined : this.skipped.get(target);
+    // A link to itself changes nothing (DirectTarget does the same), skipped or not.
+    if (target === rel && rec !== undefined) return 'hardlink';
     if (target === undefined || target === rel || rec === undefined) {
       // The target is in the delta (or missing: DirectTarget names the problem).
       this.unskip(rel);
@@ -233,11 +240,17 @@ export class DeltaTarget implements LayerTarget {
     return dir ? joinRel([...dir, last]) : undefined;
   }
 
-  /** Copies a skipped file into the delta at rel with the image's metadata. */
+  /** Copies a skipped file (or symlink: a hardlink may name one) into the delta at rel. */
   private materialize(rel: string, from: string, facts: NodeFacts, mtime: number | undefined): void {
     failpoint('delta.materialize');
     this.skipped.delete(rel);
     const path = hostPath(this.root, rel);
+    this.stats.materialized++;
+    if (facts.type === 'symlink') {
+      symlinkSync(facts.linkTarget ?? readlinkSync(from), path);
+      if (this.opts.isRoot) lchownSync(path, facts.uid, facts.gid);
+      return;
+    }
     const fd = openSync(path, CREATE_FILE, 0o600);
     try {
       for (const chunk of readRange(from)) {
@@ -253,7 +266,6 @@ export class DeltaTarget implements LayerTarget {
     } finally {
       closeSync(fd);
     }
-    this.stats.materialized++;
   }
 
   whiteout(dir: readonly string[], name: string, entryName: string): void {

@@ -1,7 +1,7 @@
 // DeltaTarget on disk, case by case: what the delta holds (and leaves out) after real unpacks
 // against a booted tree in a temp dir. The oracle test proves the merged view; these prove that
 // the delta is small for the right reasons, and that bad input changes nothing booted.
-import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -97,6 +97,30 @@ describe('DeltaTarget', () => {
     expect(readFileSync(join(delta, 'usr/bin/other'), 'utf8')).toBe('same');
     expect(new Set([same!.ino, other!.ino, third!.ino]).size).toBe(1);
     expect(t.stats.materialized).toBe(1);
+  });
+
+  it('a hardlink to a skipped symlink is left out when identical, else the symlink is materialized; a link to itself is a no-op', async () => {
+    symlinkSync('same', join(booted, 'usr/bin/link2'));
+    writeFileSync(join(booted, 'usr/bin/link3'), 'a file');
+    bootedBefore = treeDigest(booted).digest;
+    const t = target();
+    const l1 = image().symlink('usr/bin/link', 'same').hardlink('usr/bin/link2', 'usr/bin/link').hardlink('usr/bin/link3', 'usr/bin/link')
+      .file('usr/bin/same', 'same').hardlink('usr/bin/same', 'usr/bin/same');
+    await unpackLayers(delta, [layer(l1)], options({ target: t }));
+    expect([has('usr/bin/link2'), has('usr/bin/same')]).toEqual([false, false]);
+    expect(['link', 'link3'].map((n) => readlinkSync(join(delta, 'usr/bin', n)))).toEqual(['same', 'same']);
+    expect(lstatSync(join(delta, 'usr/bin/link')).ino).toBe(lstatSync(join(delta, 'usr/bin/link3')).ino);
+  });
+
+  it('an implicit parent made by this layer survives its opaque whiteout, and an identical file may replace it later', async () => {
+    writeFileSync(join(booted, 'usr/a'), 'A');
+    bootedBefore = treeDigest(booted).digest;
+    const l1 = new TarBuilder().dir('usr').file('usr/a/b/f', 'f').opaque('usr');
+    const l2 = new TarBuilder().file('usr/a', 'A');
+    const t = target();
+    await unpackLayers(delta, [layer(l1), layer(l2)], options({ target: t }));
+    expect(has('usr/a')).toBe(false);
+    expect(t.stats.skipped).toBe(1);
   });
 
   it('never leaves out a path below a booted symlink that the image makes a directory', async () => {
