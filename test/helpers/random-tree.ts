@@ -7,8 +7,8 @@
 //     symlink target, type (file <-> symlink, file <-> directory), image-only paths, hardlinks,
 //     an implicit parent directory;
 //   layer 2: whiteouts of files and directories, a file put back to its booted version, an
-//     identical file replaced, hardlinks to identical files, an opaque directory with children
-//     re-added, a same-layer write then whiteout;
+//     identical file replaced, hardlinks to identical files and to an identical symlink, an
+//     opaque directory with children re-added, a same-layer write then whiteout;
 //   layer 3: a whited-out directory created again.
 import { chmodSync, linkSync, lchownSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { xattrs } from '../../src/xattr.ts';
@@ -79,7 +79,8 @@ export function randomCase(seed: number, size = 120): RandomCase {
   img.set('usr/lnk/shared', base.get('usr/d0/shared')!);
   for (const p of [...img.keys()]) {
     const n = img.get(p);
-    if (!n || p === 'usr' || !chance(0.35)) continue;
+    // The twin's hardlinks in layer 1 need it to stay a file, under directories.
+    if (!n || p === 'usr' || p === twin || twin.startsWith(`${p}/`) || !chance(0.35)) continue;
     const kind = pick(['same-size', 'size', 'mode', 'owner', 'xattr', 'target', 'to-symlink', 'to-dir', 'to-file', 'dir-meta']);
     if (n.type === 'file' && kind === 'same-size' && n.data.length > 0) {
       const data = Buffer.from(n.data);
@@ -156,6 +157,12 @@ export function randomCase(seed: number, size = 120): RandomCase {
     if (i === 2) booted.set(name, file());
     l2.hardlink(name, t);
     img.set(name, { type: 'hardlink', target: t });
+  }
+  // A hardlink may name a symlink (link(2) does not follow it): to an identical one, as a new name.
+  const sym = [...img.keys()].find((k) => img.get(k)!.type === 'symlink' && img.get(k) === booted.get(k));
+  if (sym) {
+    l2.hardlink('usr/hsym', sym);
+    img.set('usr/hsym', { type: 'hardlink', target: sym });
   }
   const opq = pick(dirs.filter((d) => d !== 'usr' && d !== 'usr/d0' && img.get(d)?.type === 'dir'));
   if (opq) {

@@ -190,10 +190,10 @@ export class DeltaTarget implements LayerTarget {
     if (this.deltaDirs.has(rel)) this.dropUnder(rel);
   }
 
-  private dropUnder(rel: string, spare?: ReadonlySet<string>): void {
+  private dropUnder(rel: string, spare?: (k: string) => boolean): void {
     const prefix = rel === '' ? '' : `${rel}/`;
-    for (const k of this.skipped.keys()) if (k.startsWith(prefix) && !spare?.has(k)) this.skipped.delete(k);
-    for (const k of this.deltaDirs) if ((k === rel || k.startsWith(prefix)) && !spare?.has(k)) this.deltaDirs.delete(k);
+    for (const k of this.skipped.keys()) if (k.startsWith(prefix) && !spare?.(k)) this.skipped.delete(k);
+    for (const k of this.deltaDirs) if ((k === rel || k.startsWith(prefix)) && !spare?.(k)) this.deltaDirs.delete(k);
   }
 
   private async hardlink(entry: TarEntry, comps: readonly string[], rel: string, body: AsyncIterable<Buffer>): Promise<Outcome> {
@@ -280,8 +280,16 @@ export class DeltaTarget implements LayerTarget {
     this.direct.opaque(dir, entryName);
     const parent = resolveDirInRoot(dir, this.probe, { create: false, entry: entryName }) ?? [];
     const rel = joinRel(parent);
-    // Lower layers' entries below go; this layer's stay, exactly as DirectTarget.opaque does.
-    const spare = new Set([...this.layerRels, rel]);
+    // Lower layers' entries below go; this layer's stay, exactly as DirectTarget.opaque does:
+    // a path survives only if it and every directory between it and rel are this layer's (a
+    // directory this layer did not declare goes with all it holds, this layer's files included).
+    const start = rel === '' ? 0 : rel.length + 1;
+    const spare = (k: string): boolean => {
+      if (k === rel) return true;
+      if (!this.layerRels.has(k)) return false;
+      for (let i = k.indexOf('/', start); i >= 0; i = k.indexOf('/', i + 1)) if (!this.layerRels.has(k.slice(0, i))) return false;
+      return true;
+    };
     this.dropUnder(rel, spare);
   }
 

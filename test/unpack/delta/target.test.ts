@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PivotError } from '../../../src/errors.ts';
 import { resetFailpoints } from '../../../src/failpoints.ts';
+import { shownFromBooted } from '../../../src/unpack/delta/labels.ts';
 import { DeltaTarget, type DeltaTargetOptions } from '../../../src/unpack/delta/target.ts';
 import { treeDigest } from '../../../src/unpack/delta/digest.ts';
 import { unpackLayers } from '../../../src/unpack/index.ts';
@@ -97,6 +98,22 @@ describe('DeltaTarget', () => {
     expect(readFileSync(join(delta, 'usr/bin/other'), 'utf8')).toBe('same');
     expect(new Set([same!.ino, other!.ino, third!.ino]).size).toBe(1);
     expect(t.stats.materialized).toBe(1);
+  });
+
+  it('an opaque whiteout after a same-layer file below a lower directory removes that file too, as DirectTarget does', async () => {
+    mkdirSync(join(booted, 'usr/d/sub'), { recursive: true });
+    writeFileSync(join(booted, 'usr/d/sub/f'), 'booted');
+    bootedBefore = treeDigest(booted).digest;
+    const l1 = new TarBuilder().dir('usr').dir('usr/d').dir('usr/d/sub').file('usr/d/sub/f', 'changed');
+    // usr/d/sub itself is not declared again: the opaque marker takes it, and f with it.
+    const l2 = new TarBuilder().file('usr/d/sub/f', 'booted').opaque('usr/d');
+    // A later layer brings usr/d/sub back, as an implicit parent: it holds g alone.
+    const l3 = new TarBuilder().file('usr/d/sub/g', 'g');
+    const full = join(base, 'full');
+    await unpackLayers(full, [layer(l1), layer(l2), layer(l3)], options());
+    expect(readdirSync(join(full, 'usr/d/sub'))).toEqual(['g']);
+    await unpackLayers(delta, [layer(l1), layer(l2), layer(l3)], options({ target: target() }));
+    expect(shownFromBooted(join(delta, 'usr'), join(booted, 'usr'))).toEqual([]);
   });
 
   it('a hardlink to a skipped symlink is left out when identical, else the symlink is materialized; a link to itself is a no-op', async () => {
