@@ -9,7 +9,8 @@
 //   layer 2: whiteouts of files and directories, a file put back to its booted version, an
 //     identical file replaced, hardlinks to identical files and to an identical symlink, an
 //     opaque directory with children re-added, a same-layer write then whiteout;
-//   layer 3: a whited-out directory created again.
+//   layer 3: a whited-out directory created again, hardlinks to a put-back and a rewritten file,
+//     a whiteout and the identical file again, an opaque directory left empty.
 import { chmodSync, linkSync, lchownSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { xattrs } from '../../src/xattr.ts';
 import { rng } from './rng.ts';
@@ -139,11 +140,13 @@ export function randomCase(seed: number, size = 120): RandomCase {
     l2.whiteout(goneDir);
     for (const q of [...img.keys()]) if (q === goneDir || q.startsWith(`${goneDir}/`)) img.delete(q);
   }
-  for (const p of fileNow().filter((k) => booted.get(k)?.type === 'file' && img.get(k) !== booted.get(k)).slice(0, 3)) {
+  const putBack = fileNow().filter((k) => booted.get(k)?.type === 'file' && img.get(k) !== booted.get(k)).slice(0, 3);
+  for (const p of putBack) {
     emit(l2, p, booted.get(p)!); // put back to the booted version
     img.set(p, booted.get(p)!);
   }
-  for (const p of fileNow().filter((k) => img.get(k) === booted.get(k)).slice(0, 2)) {
+  const rewritten = fileNow().filter((k) => img.get(k) === booted.get(k)).slice(0, 2);
+  for (const p of rewritten) {
     const n = img.get(p) as Extract<NodeSpec, { type: 'file' }>;
     const next = { ...n, data: Buffer.concat([n.data, Buffer.from('!')]) };
     emit(l2, p, next);
@@ -182,6 +185,21 @@ export function randomCase(seed: number, size = 120): RandomCase {
     emit(l3, goneDir, dir());
     const child = [...booted.keys()].find((k) => k.startsWith(`${goneDir}/`) && k.split('/').length === goneDir.split('/').length + 1 && booted.get(k)!.type === 'file');
     if (child) emit(l3, child, booted.get(child)!);
+  }
+  // Hardlinks to a file an earlier layer put back (skipped) and to one it rewrote (staged).
+  for (const [i, t] of [putBack[0], rewritten[0]].entries()) {
+    if (t !== undefined && img.get(t)?.type === 'file') l3.hardlink(`usr/l3link${i}`, t);
+  }
+  // A whiteout and the same file again, identical, in one layer; an opaque directory left empty.
+  const again = [...img.keys()].find((k) => img.get(k)?.type === 'file' && img.get(k) === booted.get(k) && k.split('/').length > 2);
+  if (again) {
+    l3.whiteout(again);
+    emit(l3, again, img.get(again)!);
+  }
+  const emptied = [...img.keys()].filter((k) => img.get(k)?.type === 'dir' && k.split('/').length > 2).at(-1);
+  if (emptied && emptied !== goneDir && !(again ?? '').startsWith(`${emptied}/`)) {
+    l3.opaque(emptied);
+    for (const q of [...img.keys()]) if (q.startsWith(`${emptied}/`)) img.delete(q);
   }
   return { booted: new Map([...booted].sort(([a], [b]) => (a < b ? -1 : 1))), layers: [l1.end(), l2.end(), l3.end()] };
 }
