@@ -15,6 +15,7 @@ import { PivotError, isErrno } from '../errors.ts';
 import { log } from '../log.ts';
 import { xattrs } from '../xattr.ts';
 import { cleanComponents, fsProbe, hostPath, joinRel, resolveDirInRoot, type PathProbe } from './safepath.ts';
+import type { TreeReader } from './factory-var.ts';
 import type { TarEntry } from './tar.ts';
 
 export type Outcome = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'device' | 'device-skipped';
@@ -33,6 +34,13 @@ export interface LayerTarget {
   opaque(dir: readonly string[], entryName: string): void;
   /** Directory mtimes last, once nothing will be written into them any more. */
   finish(): void;
+  /**
+   * After finish(): the tree as the node will see it, for bootc's cleanup (absent: the
+   * destination on disk is that tree).
+   */
+  finishedReader?(): TreeReader;
+  /** After finish(): removes an empty regular file of that tree; false when there is none. */
+  removeEmptyFile?(rel: string): boolean;
 }
 
 export interface DirectTargetOptions {

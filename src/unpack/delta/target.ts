@@ -9,13 +9,14 @@
 //   - finish() hides booted paths the image lacks (whiteouts, or one opaque marker).
 // Directories are always written: an overlay directory takes its metadata from the top layer.
 import {
-  closeSync, constants, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, openSync, readdirSync, readlinkSync, symlinkSync, unlinkSync, writeSync,
+  closeSync, constants, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, openSync, readdirSync, readlinkSync, symlinkSync, unlinkSync, writeSync, type Stats,
 } from 'node:fs';
 import { PivotError } from '../../errors.ts';
 import { failpoint } from '../../failpoints.ts';
 import { xattrs } from '../../xattr.ts';
 import { repoObjectOf } from '../bootc.ts';
 import { DirectTarget, type DirectTargetOptions, type LayerTarget, type Outcome } from '../entry.ts';
+import type { TreeReader } from '../factory-var.ts';
 import { cleanComponents, hostPath, joinRel, resolveDirInRoot, type PathProbe } from '../safepath.ts';
 import type { TarEntry } from '../tar.ts';
 import { compareBody, factsOfEntry, factsOnDisk, readRange, sameContent } from './booted.ts';
@@ -287,6 +288,49 @@ export class DeltaTarget implements LayerTarget {
     this.dropUnder(rel, spare);
   }
 
+  /** After finish(): the overlay's view of the image (delta, minus whiteouts, plus skipped paths). */
+  finishedReader(): TreeReader {
+    const shown = new Map<string, string[]>();
+    for (const [k, rec] of this.skipped) {
+      if (rec !== null) continue;
+      const i = k.lastIndexOf('/');
+      shown.set(k.slice(0, i), [...(shown.get(k.slice(0, i)) ?? []), k.slice(i + 1)]);
+    }
+    return {
+      kind: (rel) => {
+        const st = lstatSync(hostPath(this.root, rel), { throwIfNoEntry: false });
+        if (st) return isWhiteout(st) ? 'missing' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+        if (this.skipped.get(rel) !== null) return 'missing';
+        return lstatSync(this.bootedPath(rel)).isSymbolicLink() ? 'symlink' : 'other';
+      },
+      list: (rel) => [
+        ...readdirSync(hostPath(this.root, rel), { withFileTypes: true })
+          .filter((d) => !(d.isCharacterDevice() && isWhiteout(lstatSync(hostPath(this.root, `${rel}/${d.name}`))))).map((d) => d.name),
+        ...(shown.get(rel) ?? []),
+      ],
+    };
+  }
+
+  /** After finish(): removes an empty regular file of the image, hiding the booted one if any. */
+  removeEmptyFile(rel: string): boolean {
+    const path = hostPath(this.root, rel);
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st) {
+      if (!st.isFile() || st.size !== 0) return false;
+      unlinkSync(path);
+    } else {
+      if (this.skipped.get(rel) !== null) return false;
+      const booted = lstatSync(this.bootedPath(rel), { throwIfNoEntry: false });
+      if (!booted?.isFile() || booted.size !== 0) return false;
+      this.skipped.delete(rel);
+    }
+    if (this.comparable(rel) && lstatSync(this.bootedPath(rel), { throwIfNoEntry: false })) {
+      makeWhiteouts([path]);
+      this.stats.whiteouts++;
+    }
+    return true;
+  }
+
   finish(): void {
     const usr = lstatSync(hostPath(this.root, 'usr'), { throwIfNoEntry: false });
     if (usr?.isDirectory() && lstatSync(this.opts.bootedUsr, { throwIfNoEntry: false })?.isDirectory()) {
@@ -334,3 +378,5 @@ function refuseOverlayMarks(entry: TarEntry): void {
     fix: 'rebuild the image without overlayfs marks, or set staging to "full"',
   });
 }
+
+const isWhiteout = (st: Stats): boolean => st.isCharacterDevice() && st.rdev === 0;

@@ -191,6 +191,28 @@ describe('DeltaTarget', () => {
     expect(t.stats).toMatchObject({ objectsInBootedRepo: 1, materialized: 1, contentCompared: 2 });
   });
 
+  it('bootc cleanup sees the overlay: skipped /var seeds are declared, an empty runtime file the booted /usr also has is hidden', async () => {
+    mkdirSync(join(booted, 'usr/share/factory/var/lib/app'), { recursive: true });
+    writeFileSync(join(booted, 'usr/share/factory/var/lib/app/seed'), 'seed');
+    mkdirSync(join(booted, 'usr/etc'));
+    writeFileSync(join(booted, 'usr/etc/hostname'), '');
+    bootedBefore = treeDigest(booted).digest;
+    // One derived layer: var/ goes to usr/share/factory/var, etc/ to usr/etc (bootc.ts).
+    const l = (): ReturnType<typeof layer> => layer(new TarBuilder().dir('usr').dir('var').dir('var/lib').dir('var/lib/app').file('var/lib/app/seed', 'seed')
+      .file('var/lib/app/new', 'new').dir('etc').file('etc/hostname', ''));
+    const bootc = { bootable: true, firstDerivedLayer: 0, layerCount: 1 };
+    const full = join(base, 'full');
+    const fs = await unpackLayers(full, [l()], options({ bootc }));
+    const t = target();
+    const ds = await unpackLayers(delta, [l()], options({ bootc, target: t }));
+    expect(has('usr/share/factory/var/lib/app/seed')).toBe(false);
+    expect([ds.factoryVarEntries, ds.runtimeInjectedRemoved]).toEqual([fs.factoryVarEntries, fs.runtimeInjectedRemoved]);
+    const conf = 'usr/lib/tmpfiles.d/node-image-pivot-factory-var.conf';
+    expect(readFileSync(join(delta, conf), 'utf8')).toBe(readFileSync(join(full, conf), 'utf8'));
+    expect(lstatSync(join(delta, 'usr/etc/hostname')).isCharacterDevice()).toBe(true);
+    expect(shownFromBooted(join(delta, 'usr'), join(booted, 'usr')).map((x) => x.rel)).toEqual(['share/factory/var/lib/app/seed']);
+  });
+
   it('refuses a missing booted /usr with a clear error', () => {
     const e = thrown(() => target({ bootedUsr: join(base, 'nope') }));
     expect(e).toBeInstanceOf(PivotError);
