@@ -62,6 +62,11 @@ export const configSchema = z
     /** RAM staging leaves to the node and the agent: the own tmpfs is capped at MemTotal minus this, and the space check counts MemAvailable minus this. */
     stagingReserveMiB: z.number().int().min(0).max(1_048_576).default(1024),
     stateDir: absolutePath.default(DEFAULT_STATE_DIR),
+    /**
+     * full: stage the whole node image; delta: only what differs from the booted /usr (an
+     * overlay over it); auto: delta when the root lives in RAM (src/staging-mode.ts).
+     */
+    staging: z.enum(['full', 'delta', 'auto']).default('auto'),
     /** Free space needed = compressed size x this factor (expanded tree plus blob cache). */
     spaceFactor: z.number().min(1).max(100).default(3),
     skipIfPathExists: z.array(absolutePath).default([]),

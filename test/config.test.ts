@@ -19,6 +19,13 @@ describe('config', () => {
     expect(c.timeouts.isolateSeconds).toBe(900);
   });
 
+  it('staging defaults to auto and takes only full, delta or auto', () => {
+    expect(parseConfig({ image: 'x' }, 'c.json').staging).toBe('auto');
+    expect(parseConfig({ image: 'x', staging: 'delta' }, 'c.json').staging).toBe('delta');
+    const e = thrown(() => parseConfig({ image: 'x', staging: 'deltas' }, '/etc/nip.json'));
+    expect([e.kind, e.field, e.exitCode]).toEqual(['config', 'staging', 2]);
+  });
+
   it('names file, field and expectation for a wrong type', () => {
     const e = thrown(() => parseConfig({ image: 'x', concurrency: 'three' }, '/etc/nip.json'));
     expect(e.field).toBe('concurrency');

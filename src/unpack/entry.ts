@@ -15,6 +15,7 @@ import { PivotError, isErrno } from '../errors.ts';
 import { log } from '../log.ts';
 import { xattrs } from '../xattr.ts';
 import { cleanComponents, fsProbe, hostPath, joinRel, resolveDirInRoot, type PathProbe } from './safepath.ts';
+import type { TreeReader } from './factory-var.ts';
 import type { TarEntry } from './tar.ts';
 
 export type Outcome = 'file' | 'dir' | 'symlink' | 'hardlink' | 'fifo' | 'device' | 'device-skipped';
@@ -33,11 +34,23 @@ export interface LayerTarget {
   opaque(dir: readonly string[], entryName: string): void;
   /** Directory mtimes last, once nothing will be written into them any more. */
   finish(): void;
+  /**
+   * After finish(): the tree as the node will see it, for bootc's cleanup (absent: the
+   * destination on disk is that tree).
+   */
+  finishedReader?(): TreeReader;
+  /** After finish(): removes an empty regular file of that tree; false when there is none. */
+  removeEmptyFile?(rel: string): boolean;
 }
 
 export interface DirectTargetOptions {
   allowDevices: boolean;
   isRoot: boolean;
+  /**
+   * Wraps the on-disk probe the resolver asks: a delta target answers for entries it left out
+   * of the tree (a skipped symlink must still be followed as the image would).
+   */
+  wrapProbe?: (onDisk: PathProbe) => PathProbe;
 }
 
 const XATTR_WE_DO_NOT_CLEAR = new Set(['security.selinux']);
@@ -88,7 +101,18 @@ export class DirectTarget implements LayerTarget {
   constructor(root: string, opts: DirectTargetOptions) {
     this.root = root;
     this.opts = opts;
-    this.probe = cachedProbe(fsProbe(root), this.knownDirs);
+    const onDisk = fsProbe(root);
+    this.probe = cachedProbe(opts.wrapProbe ? opts.wrapProbe(onDisk) : onDisk, this.knownDirs);
+  }
+
+  /** The resolved relative path of an entry, its parents created as for a write. */
+  placeEntry(entryName: string, comps: readonly string[]): string {
+    return this.place(entryName, comps).rel;
+  }
+
+  /** Removes whatever is at rel (a directory recursively), as a replacement would. */
+  removePath(rel: string): void {
+    this.clear(rel, false);
   }
 
   beginLayer(): void {

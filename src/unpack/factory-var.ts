@@ -38,14 +38,14 @@ function plainName(name: string): boolean {
  * backslashes or control characters gets no line of its own: its parent's line copies it along
  * when the parent is missing.
  */
-export function factoryVarLines(root: string): string[] {
+export function factoryVarLines(root: string, reader: TreeReader = diskReader(root)): string[] {
   const lines: string[] = [];
   const walk = (rel: string): void => {
-    for (const name of readdirSync(hostPath(root, `${FACTORY_VAR}/${rel}`)).sort()) {
+    for (const name of reader.list(`${FACTORY_VAR}/${rel}`).sort()) {
       if (!plainName(name)) continue;
       const child = rel === '' ? name : `${rel}/${name}`;
       lines.push(`C ${tmpfilesPath(`/var/${child}`)} - - - - /${FACTORY_VAR}/${child.replace(/%/g, '%%')}`);
-      if (lstatSync(hostPath(root, `${FACTORY_VAR}/${child}`)).isDirectory()) walk(child);
+      if (reader.kind(`${FACTORY_VAR}/${child}`) === 'dir') walk(child);
     }
   };
   walk('');
@@ -53,16 +53,35 @@ export function factoryVarLines(root: string): string[] {
 }
 
 /**
+ * The finished tree as the node will see it. On disk that is the destination itself; a delta
+ * staging answers for the overlay of the delta over the booted /usr (src/unpack/delta/target.ts).
+ */
+export interface TreeReader {
+  kind(rel: string): 'dir' | 'symlink' | 'other' | 'missing';
+  list(rel: string): string[];
+}
+
+export function diskReader(root: string): TreeReader {
+  return {
+    kind(rel) {
+      const st = lstatSync(hostPath(root, rel), { throwIfNoEntry: false });
+      return !st ? 'missing' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+    },
+    list: (rel) => readdirSync(hostPath(root, rel)),
+  };
+}
+
+/**
  * True when every component of rel is a real directory (created when `create`). The tree came
  * from layers: a symlink on the way could point anywhere, so it is never followed here.
  */
-function realDirs(root: string, rel: string, create: boolean): boolean {
+function realDirs(root: string, rel: string, create: boolean, reader: TreeReader = diskReader(root)): boolean {
   let at = '';
   for (const part of rel.split('/')) {
     at = at === '' ? part : `${at}/${part}`;
-    const st = lstatSync(hostPath(root, at), { throwIfNoEntry: false });
-    if (!st && create) mkdirSync(hostPath(root, at), { mode: 0o755 });
-    else if (!st?.isDirectory()) return false;
+    const kind = reader.kind(at);
+    if (kind === 'missing' && create) mkdirSync(hostPath(root, at), { mode: 0o755 });
+    else if (kind !== 'dir') return false;
   }
   return true;
 }
@@ -71,10 +90,10 @@ function realDirs(root: string, rel: string, create: boolean): boolean {
  * Writes the tmpfiles.d file when the tree seeds /var; returns the number of entries declared,
  * or undefined when a symlink in the image's usr/ stands where a directory must be.
  */
-export function declareFactoryVar(root: string): number | undefined {
-  if (!lstatSync(hostPath(root, FACTORY_VAR), { throwIfNoEntry: false })) return 0;
-  if (!realDirs(root, FACTORY_VAR, false)) return undefined;
-  const lines = factoryVarLines(root);
+export function declareFactoryVar(root: string, reader: TreeReader = diskReader(root)): number | undefined {
+  if (reader.kind(FACTORY_VAR) === 'missing') return 0;
+  if (!realDirs(root, FACTORY_VAR, false, reader)) return undefined;
+  const lines = factoryVarLines(root, reader);
   if (lines.length === 0) return 0;
   const dir = FACTORY_VAR_TMPFILES.slice(0, FACTORY_VAR_TMPFILES.lastIndexOf('/'));
   if (!realDirs(root, dir, true)) return undefined;

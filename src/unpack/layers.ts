@@ -139,7 +139,7 @@ async function drain(body: AsyncIterable<unknown>): Promise<void> {
 export async function unpackLayers(dest: string, layers: LayerSource[], opts: UnpackOptions): Promise<UnpackSummary> {
   const started = process.hrtime.bigint();
   mkdirSync(dest, { recursive: true });
-  const target = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
+  const target: LayerTarget = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
   const s: UnpackSummary = {
     layers: layers.length, entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, whiteouts: 0,
     devicesSkipped: 0, filtered: {}, xattrLinks: 0, runtimeInjectedRemoved: [], factoryVarEntries: 0, expandedBytes: 0, compressedBytes: 0, seconds: 0,
@@ -284,8 +284,8 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
   target.finish();
   s.xattrLinks = links.objects;
   if (bootc && bootc.firstDerivedLayer < layers.length) {
-    s.runtimeInjectedRemoved = removeRuntimeInjected(dest);
-    const declared = declareFactoryVar(dest);
+    s.runtimeInjectedRemoved = removeRuntimeInjected(dest, target);
+    const declared = declareFactoryVar(dest, target.finishedReader?.());
     if (declared === undefined) log().warn({ tmpfiles: FACTORY_VAR_TMPFILES }, "a symlink in the image's usr/ stands where a directory must be: derived /var content is not declared for systemd-tmpfiles");
     else if (declared > 0) log().info({ entries: declared, tmpfiles: FACTORY_VAR_TMPFILES }, 'derived /var content declared for systemd-tmpfiles (created where the live /var lacks it)');
     s.factoryVarEntries = declared ?? 0;
@@ -296,9 +296,13 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
 }
 
 /** bootc's cleanup after derived layers: container builds leave these empty files behind. */
-function removeRuntimeInjected(dest: string): string[] {
+function removeRuntimeInjected(dest: string, target: LayerTarget): string[] {
   const removed: string[] = [];
   for (const rel of RUNTIME_INJECTED) {
+    if (target.removeEmptyFile) {
+      if (target.removeEmptyFile(rel)) removed.push(rel);
+      continue;
+    }
     const path = hostPath(dest, rel);
     const st = lstatSync(path, { throwIfNoEntry: false });
     if (st?.isFile() && st.size === 0) {

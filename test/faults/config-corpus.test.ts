@@ -65,6 +65,7 @@ function wrongTypeCases(): ConfigCase[] {
 }
 
 const badValues: Array<[string, string[], unknown, string]> = [
+  ['staging "deltas"', ['staging'], 'deltas', 'staging'],
   ['concurrency 0', ['concurrency'], 0, 'concurrency'],
   ['concurrency 17', ['concurrency'], 17, 'concurrency'],
   ['concurrency 1.5', ['concurrency'], 1.5, 'concurrency'],
