@@ -52,7 +52,9 @@ async function serviceMachine(name: string, extra: Parameters<typeof installInto
 async function ownMounts(m: Machine): Promise<string> {
   return sh(m, `awk '$5 ~ "^/run/node-image-pivot/" { print $5, substr($6, 1, 2) }' /proc/self/mountinfo`);
 }
-const ONLY_BOOTED_USR = '/run/node-image-pivot/booted-usr ro\n';
+// After a pivot the agent's own mounts are exactly two: the staging tmpfs (staging on /run, a
+// tmpfs, gets one of its own; it holds the new /usr) and the read-only booted-usr bind.
+const ONLY_BOOTED_USR = '/run/node-image-pivot/staging rw\n/run/node-image-pivot/booted-usr ro\n';
 
 async function usrIs(m: Machine): Promise<'old' | 'new'> {
   return (await sh(m, `test -e ${NODE_VERSION_FILE} && echo new || echo old`)).trim() as 'old' | 'new';
@@ -234,7 +236,8 @@ describe('preflight', () => {
   it('refuses to stage without room, with the numbers, before changing anything (exit 9)', async () => {
     const m = await bootMachine({
       name: 'no-space', bootUnit: 'multi-user.target',
-      prepare: (root) => installInto(root, { image: fx.image.ref, registryHost: fx.registry.host, generator: false, config: { spaceFactor: 100 } }),
+      // Staging on /run as it is (by default it would get a tmpfs of its own, sized to this host's RAM).
+      prepare: (root) => installInto(root, { image: fx.image.ref, registryHost: fx.registry.host, generator: false, config: { spaceFactor: 100, stagingTmpfs: 'off' } }),
     });
     try {
       await m.waitForSystemState(['running', 'degraded']);
