@@ -52,6 +52,10 @@ describe('vm: Debian\'s default policy, execmem denied (generator + isolate)', (
     const status = await vm.exec([AGENT, 'status']);
     const jitless = await vm.exec([AGENT, 'status'], { env: { NODE_OPTIONS: '--jitless' } });
     process.stderr.write(`vm pivot (default policy): status exit=${status.exitCode} stderr=${JSON.stringify(status.stderr.slice(0, 200))}; NODE_OPTIONS=--jitless status exit=${jitless.exitCode} stdout=${JSON.stringify(jitless.stdout.slice(0, 200))}\n`);
+    // The operator's way to read the state meanwhile, as the cause line says: V8 without its JIT.
+    expect(line).toMatch(/until then NODE_OPTIONS=--jitless node-image-pivot status works/);
+    expect(jitless.exitCode, jitless.stderr).toBe(0);
+    expect(jitless.stdout).toMatch(/node-image-pivot\.service activating/);
     expect((await vm.sh('setsebool allow_execmem 1 && getsebool allow_execmem')).stdout.trim()).toBe('allow_execmem --> on');
     const s = await waitForPivotResult(vm, ['done']);
     process.stderr.write(`vm pivot (default policy, then execmem allowed): ${phaseTimes(s)}\n`);
