@@ -3,6 +3,7 @@
 // readable cause: the unit's ExecStopPost names the cause and the fix in one line, the node
 // waits in the pivot target, and once the boolean is on the unit's own retries finish the pivot.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../helpers/wait.ts';
 import { bootVm, type Vm } from './helpers/vm.ts';
 import { installIgnition, quickRestart, registriesConf, registryPort, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
 import { AGENT, expectPivotedUnderNewPolicy, PIVOT_DEADLINE_MS, phaseTimes, waitForPivotResult } from './fixtures/pivot-checks.ts';
@@ -31,13 +32,10 @@ afterAll(async () => {
 
 describe('vm: Debian\'s default policy, execmem denied (generator + isolate)', () => {
   it('the node waits in the pivot target with a one-line cause and fix, and pivots once execmem is allowed', async () => {
-    const deadline = Date.now() + 900_000;
-    let journal = await vm.journal('node-image-pivot.service');
-    while (!CAUSE.test(journal)) {
-      if (Date.now() > deadline) throw new Error(`no cause line in the journal:\n${journal.split('\n').slice(-20).join('\n')}`);
-      await new Promise((resolve) => setTimeout(resolve, 3000));
-      journal = await vm.journal('node-image-pivot.service');
-    }
+    const journal = await waitFor(async () => {
+      const text = await vm.journal('node-image-pivot.service');
+      return CAUSE.test(text) ? text : undefined;
+    }, 'the cause line in the unit\'s journal', { timeoutMs: 900_000, intervalMs: 3000 });
     const line = journal.split('\n').find((l) => CAUSE.test(l));
     process.stderr.write(`vm pivot (default policy): cause line: ${line}\n`);
     expect(line).toMatch(/SELinux denies its domain system_u:system_r:initrc_t:s0 execmem.*Fix: setsebool -P allow_execmem on/);
