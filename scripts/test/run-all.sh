@@ -1,7 +1,9 @@
 #!/bin/bash
-# npm test: the whole suite (unit, then e2e), ending in one plain "N passed, N failed" line.
-# The e2e project boots systemd-nspawn machines and a loopback registry; it needs root and the
-# Debian packages that scripts/testbed/install-deps.sh installs (it is called here, idempotently).
+# npm test: the whole suite (unit, e2e, then vm), ending in one plain "N passed, N failed" line.
+# The e2e project boots systemd-nspawn machines and a loopback registry, and the vm project boots
+# qemu TCG VMs under SELinux enforcing (one at a time, after the others: vitest.config.ts). Both
+# need root and the Debian packages that scripts/testbed/install-deps.sh installs (it is called
+# here, idempotently).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [[ $(id -u) == 0 ]]; then bash scripts/testbed/install-deps.sh || exit 1; fi
@@ -10,9 +12,7 @@ npm run --silent build >/dev/null || { echo "build failed"; echo "0 passed, 1 fa
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
-# The VM project (npm run test:vm) is not part of npm test yet: its pivot-under-enforcing tests
-# are not green, and its run from a fresh clone has not been verified inside CI's budget.
-projects=(--project unit --project e2e)
+projects=(--project unit --project e2e --project vm)
 [[ $# -gt 0 ]] && projects=()
 vitest run "${projects[@]}" --reporter=default --reporter=json --outputFile.json="$out/results.json" "$@" || status=$?
 node scripts/test/summary.ts "$out/results.json" || status=1
