@@ -14,6 +14,8 @@ const MiB = 1024 ** 2;
 let fx: PivotFixture;
 /** The node image plus 8 MiB that does not compress and is not in the booted /usr. */
 let bulky: PushedNodeImage;
+/** The node image that also removes a booted /usr directory and replaces one wholesale. */
+let reshaped: PushedNodeImage;
 
 beforeAll(async () => {
   fx = await setUpPivotFixture();
@@ -21,6 +23,14 @@ beforeAll(async () => {
   bulky = await buildAndPushNodeImage({
     tree, layoutDir: join(fx.workDir, 'layout-bulky'), registryHost: fx.registry.host, version: '4.20.0-bulky',
     extraEntries: [{ type: 'file', name: 'usr/lib/nip-bulk.bin', body: randomBytes(8 * MiB) }],
+  });
+  reshaped = await buildAndPushNodeImage({
+    tree, layoutDir: join(fx.workDir, 'layout-reshaped'), registryHost: fx.registry.host, version: '4.20.0-reshaped',
+    extraEntries: [
+      { type: 'file', name: 'usr/share/doc/.wh.apt', body: '' },
+      { type: 'file', name: 'usr/share/common-licenses/.wh..wh..opq', body: '' },
+      { type: 'file', name: 'usr/share/common-licenses/NIP-1.0', body: 'the only licence left\n' },
+    ],
   });
 });
 
@@ -50,7 +60,7 @@ async function machine(name: string, image: string, config: Record<string, unkno
 const USR_DIGEST = "cd /usr && find . \\( -type d -printf '%p %y %m %U %G\\n' \\) -o -printf '%p %y %m %U %G %s %l\\n' | LC_ALL=C sort | md5sum; "
   + 'find . -type f -print0 | LC_ALL=C sort -z | xargs -0 md5sum | md5sum';
 
-interface PullFacts { stagingMode?: string; stagingUsedBytes?: number; expandedBytes?: number; delta?: { skipped: number } }
+interface PullFacts { stagingMode?: string; stagingUsedBytes?: number; expandedBytes?: number; delta?: { skipped: number; whiteouts: number; opaqueDirs: number } }
 async function pullFacts(m: Machine): Promise<PullFacts> {
   const state = JSON.parse(await sh(m, 'cat /run/node-image-pivot/state.json')) as { phases: Array<{ name: string; facts?: PullFacts }> };
   return state.phases.find((p) => p.name === 'pull')?.facts ?? {};
@@ -58,14 +68,15 @@ async function pullFacts(m: Machine): Promise<PullFacts> {
 
 describe('delta staging in nspawn', () => {
   it('a delta pivot shows exactly the /usr a full pivot shows, staging a fraction of the bytes', async () => {
-    const seen: Record<string, { digest: string; facts: PullFacts; mount: string; status: string }> = {};
+    const seen: Record<string, { digest: string; listing: string; facts: PullFacts; mount: string; status: string }> = {};
     for (const mode of ['full', 'delta'] as const) {
-      const m = await machine(`delta-oracle-${mode}`, fx.image.ref, { staging: mode });
+      const m = await machine(`delta-oracle-${mode}`, reshaped.ref, { staging: mode });
       try {
         const r = await m.exec([AGENT, 'run', '--no-isolate']);
         expect(r.exitCode, r.stderr).toBe(0);
         seen[mode] = {
           digest: await sh(m, USR_DIGEST),
+          listing: await sh(m, "cd /usr && find share/doc share/common-licenses -printf './%p %y\\n'"),
           facts: await pullFacts(m),
           mount: await sh(m, 'findmnt -n -o FSTYPE,OPTIONS /usr'),
           status: (await m.exec([AGENT, 'status'])).stdout,
@@ -81,6 +92,12 @@ describe('delta staging in nspawn', () => {
     expect(full.facts.stagingMode).toBe('full');
     expect(delta.facts.stagingMode).toBe('delta');
     expect(delta.facts.delta?.skipped).toBeGreaterThan(1000);
+    // usr/share/doc/apt hidden by a whiteout; usr/share/common-licenses and usr/etc opaque.
+    expect(delta.facts.delta?.whiteouts).toBeGreaterThanOrEqual(1);
+    expect(delta.facts.delta?.opaqueDirs).toBeGreaterThanOrEqual(2);
+    expect(delta.listing).toContain('./share/common-licenses/NIP-1.0 f');
+    expect(delta.listing).not.toMatch(/^\.\/share\/doc\/apt /m);
+    expect(delta.listing).not.toMatch(/^\.\/share\/common-licenses\/Apache-2\.0 /m);
     // The node layer is a few KiB; the booted /usr it shares is most of the 200 MB.
     expect(delta.facts.stagingUsedBytes!).toBeLessThan(full.facts.stagingUsedBytes! / 10);
     expect(delta.mount).toMatch(/^overlay ro,.*lowerdir=\/run\/node-image-pivot\/staging\/[0-9a-f]{64}\/usr:\/run\/node-image-pivot\/booted-usr/);
