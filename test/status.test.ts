@@ -49,6 +49,17 @@ describe('status for humans', () => {
     expect(formatStatus({ state: failed, systemd: { error: 'no bus' } })).not.toMatch(/^os: /m);
   });
 
+  it('says which staging the pull used, what it holds and why', () => {
+    const reason = 'staging "auto": the root lives in RAM (/run/ostree-live exists (a live ISO or PXE boot)), so only what differs from the booted /usr is staged';
+    const done: PivotState = {
+      ...failed, result: 'done', attempt: 1, error: undefined,
+      phases: [{ name: 'pull', startedAt: '', result: 'done', seconds: 3, facts: { stagingMode: 'delta', stagingModeReason: reason, stagingUsedBytes: 22 * 1024 ** 2 } }],
+    };
+    expect(formatStatus({ state: done, systemd: { error: 'no bus' } }).split('\n')[2]).toBe(`staging: delta, 22 MiB in staging (${reason})`);
+    // Before the pull decided (or a state file from an older agent) there is no such line.
+    expect(formatStatus({ state: failed, systemd: { error: 'no bus' } })).not.toMatch(/^staging: /m);
+  });
+
   it('says when nothing ran and when systemd cannot be reached', () => {
     expect(formatStatus({ state: null, systemd: { error: 'systemd: no bus' } })).toBe(
       'pivot: not run this boot (no state file)\nsystemd: unavailable: systemd: no bus');
