@@ -128,11 +128,11 @@ describe('staging faults (run --dry-run)', () => {
     return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
   });
 
-  faultCase(CAT, 'ENOSPC: staging fills up during the pull (blob cache plus tree)', 'exit 5 naming ENOSPC; not exit 1', async () => {
+  faultCase(CAT, 'ENOSPC: staging fills up during the pull (blob cache plus tree)', 'exit 9 (the space check, found late) naming ENOSPC and the sizes; not exit 1', async () => {
     const r = await runWithStaging('full-staging', 'size=3m');
-    expect(r.code, r.errorLine).toBe(5);
-    expect(r.errorLine).toMatch(/ENOSPC/);
-    expect(r.errorLine).toMatch(/Fix: free space/);
+    expect(r.code, r.errorLine).toBe(9);
+    expect(r.errorLine).toMatch(/^preflight: the staging filesystem at \S+ \(3 MiB, \d+ MiB still used by the blob cache and other files\) filled up during the full pull of \d+ MiB compressed \(ENOSPC\)/);
+    expect(r.errorLine).toMatch(/Fix: give the node more RAM or point stagingDir at a larger filesystem/);
     return `exit ${r.code}: ${r.errorLine.slice(0, 110)}`;
   });
 });
