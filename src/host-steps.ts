@@ -13,6 +13,7 @@ import { ensureBootedUsr, releaseLeftoverMounts, type OwnMounts } from './mount-
 import { readMountinfo } from './mountinfo.ts';
 import { etcLabels, labelStagedTree } from './selinux.ts';
 import { resolvedPath, stageImage, stagedPath, stagingRoom } from './staging.ts';
+import { decideStagingOnHost } from './staging-mode.ts';
 import { withManager } from './systemd/manager.ts';
 import { isolate, refreshSystemd } from './systemd/isolate.ts';
 
@@ -71,7 +72,14 @@ export function hostSteps(): PivotSteps {
     resolve: (cfg) => resolveImage(cfg).catch((err: unknown) => { throw inConfigTerms(err, cfg); }),
     stagedPath,
     stagingRoom,
-    pull: (cfg, image, progress) => stageImage(cfg, image, registryOptionsFromConfig(cfg), progress),
+    // The stacking probe mounts (privately) below the state directory, never on the node.
+    stagingMode: async (cfg) => decideStagingOnHost(cfg.staging, '/usr', resolvedPath(cfg.stateDir)),
+    async pull(cfg, image, progress, choice) {
+      // A delta is compared with the booted /usr through the bind the mount phase keeps anyway.
+      const own = ownMounts(cfg);
+      if (choice?.mode === 'delta') await ensureBootedUsr(own);
+      return stageImage(cfg, image, registryOptionsFromConfig(cfg), progress, { ...(choice ? { choice } : {}), bootedUsr: own.bootedUsr });
+    },
 
     async planEtc(cfg, staged) {
       // The booted image's defaults: after a switch (a rerun) /usr is the new image, so the
@@ -92,14 +100,19 @@ export function hostSteps(): PivotSteps {
       };
     },
 
-    label: (cfg, staged) => labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux }),
-    usrIsPivotedTo: async (stagedRoot) => isUsrPivoted('/usr', stagedRoot),
+    label: (cfg, staged) => labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux, ...(staged.mode === 'delta' ? { deltaOver: ownMounts(cfg).bootedUsr } : {}) }),
+    // Either mode: a rerun before pull does not know yet how the tree was staged.
+    usrIsPivotedTo: async (cfg, stagedRoot) => isUsrPivoted('/usr', stagedRoot) || isUsrPivoted('/usr', stagedRoot, 'overlay', ownMounts(cfg).bootedUsr),
 
     async mountUsr(cfg, staged) {
       const own = ownMounts(cfg);
       const detached = await releaseLeftoverMounts(own);
       const bootedUsr = await ensureBootedUsr(own);
-      const mounted = await mountStagedUsr({ stagedRoot: staged.root, preserve: cfg.preserve, target: own.usr, workDir: own.assembly });
+      const mounted = await mountStagedUsr({
+        stagedRoot: staged.root, preserve: cfg.preserve, target: own.usr, workDir: own.assembly,
+        // A delta is the top of a read-only overlay whose lower layer is the booted /usr.
+        ...(staged.mode === 'delta' ? { mode: 'overlay' as const, lower: own.bootedUsr } : {}),
+      });
       return { ...mounted, facts: { ...mounted.facts, bootedUsr, ...(detached.length ? { detachedLeftovers: detached } : {}) } };
     },
 

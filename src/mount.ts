@@ -26,6 +26,8 @@ export interface UsrMountInput {
   /** Where the new usr goes. Tests pass a temp dir. */
   target?: string;
   mode?: UsrMountMode;
+  /** overlay: the layer under the staged usr (delta staging: the private bind of the booted /usr); default the target. */
+  lower?: string;
   /** A scratch directory for the private assembly mount; default `<stagedRoot>.mnt`. */
   workDir?: string;
 }
@@ -49,6 +51,8 @@ export interface UsrMountPlan {
   mode: UsrMountMode;
   target: string;
   stagedUsr: string;
+  /** overlay: the layer below the staged usr (the target itself, or the booted-usr bind under a delta). */
+  lower: string;
   workDir: string;
   /** The assembled tree's root, inside workDir; it is what gets moved. */
   assembled: string;
@@ -153,8 +157,9 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: 
       throw mountError(`${what} overlaps the staged tree`, p, 'keep the staged tree, the work directory and the target apart');
     }
   }
+  const lower = requireAbsolute(input.lower ?? target, 'lower');
   if (mode === 'overlay') {
-    for (const p of [stagedUsr, target]) {
+    for (const p of [stagedUsr, lower]) {
       if (OVERLAY_UNSAFE.test(p)) throw mountError('overlay lowerdir paths cannot contain , : or \\', p, 'stage into a directory whose path has none of , : \\');
     }
   }
@@ -208,7 +213,7 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: 
     { op: 'make-private', target: workDir },
     mode === 'bind'
       ? { op: 'bind', source: stagedUsr, target: assembled }
-      : { op: 'overlay', lowerdirs: [stagedUsr, target], target: assembled },
+      : { op: 'overlay', lowerdirs: [stagedUsr, lower], target: assembled },
     // A bind of a shared mount joins its peer group; private, the preserved binds below it do not
     // propagate back into the staging tree or anywhere else before the switch.
     { op: 'make-private', target: assembled },
@@ -224,7 +229,7 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: 
     );
   }
   return {
-    mode, target, stagedUsr, workDir, assembled, preserved, warnings, prepare,
+    mode, target, stagedUsr, lower, workDir, assembled, preserved, warnings, prepare,
     switch: { op: 'move', source: assembled, target },
     finish: [{ op: 'umount', target: workDir, recursive: false, lazy: false }],
   };
@@ -279,7 +284,7 @@ export async function applyUsrMount(plan: UsrMountPlan): Promise<MountResult> {
     await failpointAsync('mount.switched');
     for (const op of plan.finish) await runOp(op);
     workMounted = false;
-    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode, plan.lower)) {
       throw mountError('after the move the target does not show the staged usr', plan.target, 'check for another mount stacked on the target');
     }
     const top = topMountAt(readMountinfo(), plan.target);
@@ -318,12 +323,12 @@ export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy
   const { plan } = result;
   try {
     await failpointAsync('mount.undo');
-    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+    if (!isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode, plan.lower)) {
       log().warn({ phase: 'mount', target: plan.target }, `${plan.target} does not show the staged usr; nothing to undo`);
       return 'not-mounted';
     }
     const how = await unmountTree(plan.target);
-    if (isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode)) {
+    if (isUsrPivoted(plan.target, join(plan.stagedUsr, '..'), plan.mode, plan.lower)) {
       throw mountError('the staged usr is still mounted after unmounting', plan.target, `unmount it by hand: umount -R -l ${plan.target}`);
     }
     log().info({ phase: 'mount', target: plan.target, how }, `${plan.target} shows the booted content again`);
@@ -334,11 +339,11 @@ export async function undoUsrMount(result: MountResult): Promise<'clean' | 'lazy
 }
 
 /** For reruns: does the target already show this staged tree? */
-export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountMode = 'bind'): boolean {
+export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountMode = 'bind', lower: string = target): boolean {
   const stagedUsr = join(stagedRoot, 'usr');
   if (mode === 'overlay') {
     const top = topMountAt(readMountinfo(), normalize(target));
-    return top?.fsType === 'overlay' && top.superOptions.split(',').includes(`lowerdir=${stagedUsr}:${normalize(target)}`);
+    return top?.fsType === 'overlay' && top.superOptions.split(',').includes(`lowerdir=${stagedUsr}:${normalize(lower)}`);
   }
   try {
     const a = statSync(target);
@@ -361,6 +366,6 @@ export async function mountStagedUsr(input: UsrMountInput): Promise<{ undo(): Pr
     undo: async () => {
       await undoUsrMount(result);
     },
-    facts: { target: plan.target, mode: plan.mode, preserved: plan.preserved.map((p) => p.path), warnings: plan.warnings },
+    facts: { target: plan.target, mode: plan.mode, ...(plan.mode === 'overlay' ? { lowerdirs: [plan.stagedUsr, plan.lower] } : {}), preserved: plan.preserved.map((p) => p.path), warnings: plan.warnings },
   };
 }

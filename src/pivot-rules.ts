@@ -49,13 +49,20 @@ export function retryDelaySeconds(attempt: number, maxSeconds: number, restartSe
   return Math.max(0, Math.min(restartSec * 2 ** (attempt - 2), maxSeconds) - restartSec);
 }
 
-/** Pure: enough room to stage? Returns the shortfall message or undefined. */
-export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number, inRam = false): string | undefined {
+/**
+ * Pure: enough room to stage? Returns the shortfall message or undefined. Full staging needs the
+ * compressed size times `factor` (blobs plus the expanded tree); delta staging (factor 1) needs at
+ * least the compressed size, since the blob cache alone holds that until the tree is complete
+ * and the delta's size is unknown until the layers have streamed: if the delta then does not
+ * fit, the pull fails on ENOSPC with exit 9, all old.
+ */
+export function spaceShortfall(availableBytes: number, compressedBytes: number, factor: number, inRam = false, mode: 'full' | 'delta' = 'full'): string | undefined {
   const needed = Math.ceil(compressedBytes * factor);
   if (availableBytes >= needed) return undefined;
   const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MiB`;
   const where = inRam ? ' in RAM (MemAvailable minus stagingReserveMiB, or the tmpfs cap)' : '';
-  return `staging needs ${mib(needed)} (${mib(compressedBytes)} compressed x spaceFactor ${factor}) but only ${mib(availableBytes)} is free${where}`;
+  const why = mode === 'delta' ? `${mib(compressedBytes)} compressed, the least delta staging can need` : `${mib(compressedBytes)} compressed x spaceFactor ${factor}`;
+  return `${mode === 'delta' ? 'delta staging' : 'staging'} needs ${mib(needed)} (${why}) but only ${mib(availableBytes)} is free${where}`;
 }
 
 /**

@@ -5,6 +5,7 @@ import type { StagingRoom } from './staging-fs.ts';
 import type { Config } from './config.ts';
 import type { EtcPlan } from './etc/index.ts';
 import type { Progress } from './progress.ts';
+import type { StagingChoice, StagingMode } from './staging-mode.ts';
 
 /** What `resolve` learns about the node image without downloading its layers. */
 export interface ResolvedImage {
@@ -19,8 +20,9 @@ export interface ResolvedImage {
 }
 
 export interface StagedTree {
-  /** Root of the unpacked image; its usr/ becomes /usr. */
+  /** Root of the unpacked image; its usr/ becomes /usr (delta: the top of an overlay over the booted /usr). */
   root: string;
+  mode: StagingMode;
   reused: boolean;
   /** For the state file only. */
   facts: Record<string, unknown>;
@@ -73,12 +75,15 @@ export interface PivotSteps {
   stagedPath(cfg: Config, digest: string): string;
   /** Makes stagingDir ready (its own tmpfs when it would sit in RAM) and says how much room it has for `stagedRoot`, counting what the pull removes first. */
   stagingRoom(cfg: Config, stagedRoot: string): Promise<StagingRoom>;
-  pull(cfg: Config, image: ResolvedImage, progress: Progress): Promise<StagedTree>;
+  /** Full or delta staging for this run, and why (src/staging-mode.ts); after stagingRoom, whose filesystem the probe uses. */
+  stagingMode(cfg: Config): Promise<StagingChoice>;
+  /** Stages as `choice` says; without one, reuses the tree a previous run finished, in the mode it was staged in. */
+  pull(cfg: Config, image: ResolvedImage, progress: Progress, choice?: StagingChoice): Promise<StagedTree>;
   planEtc(cfg: Config, staged: StagedTree): Promise<PlannedEtc>;
   /** Loads the node image's policy if it differs, then labels the staged tree. */
   label(cfg: Config, staged: StagedTree): Promise<LabelledTree>;
   /** Does /usr already show the staged tree rooted at `stagedRoot`? */
-  usrIsPivotedTo(stagedRoot: string): Promise<boolean>;
+  usrIsPivotedTo(cfg: Config, stagedRoot: string): Promise<boolean>;
   /** The visible switch is one mount; `undo` shows the booted /usr again. */
   mountUsr(cfg: Config, staged: StagedTree): Promise<MountedUsr>;
   applyEtc(plan: EtcPlan, fileContexts: string | undefined): Promise<Record<string, unknown>>;

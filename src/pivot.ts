@@ -181,25 +181,29 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
     rec.setImage({ reference: image.reference, digest: image.manifestDigest, ...(image.releaseImage ? { releaseImage: image.releaseImage } : {}) });
     const again = decideSkip({ skipIfPathExists: [], existing: new Set(), prior, bootId, digest: image.manifestDigest });
     const stagedRoot = steps.stagedPath(cfg, image.manifestDigest);
-    if (again.skip && !req.dryRun && (await steps.usrIsPivotedTo(stagedRoot))) return await finishSkipped(again);
+    if (again.skip && !req.dryRun && (await steps.usrIsPivotedTo(cfg, stagedRoot))) return await finishSkipped(again);
 
-    // 3. Pull and unpack into staging (reused when a previous run finished it), if there is room.
+    // 3. Pull and unpack into staging (reused when a previous run finished it), if there is room:
+    // in full, or only what differs from the booted /usr (delta, when the root lives in RAM).
     const staged = await phase('pull', async () => {
       // A tree a previous run finished needs no room (and its staging is in place).
-      const room = existsSync(stagedRoot) ? undefined : await steps.stagingRoom(cfg, stagedRoot);
-      const shortfall = room && spaceShortfall(room.freeBytes, image.compressedBytes, cfg.spaceFactor, room.facts.inRam);
-      if (room && shortfall) {
+      if (existsSync(stagedRoot)) return steps.pull(cfg, image, progress);
+      const room = await steps.stagingRoom(cfg, stagedRoot);
+      const choice = await steps.stagingMode(cfg);
+      log().info({ phase: 'pull', stagingMode: choice.mode, fellBack: choice.fellBack }, `staging: ${choice.mode} (${choice.reason})`);
+      const shortfall = spaceShortfall(room.freeBytes, image.compressedBytes, choice.mode === 'delta' ? 1 : cfg.spaceFactor, room.facts.inRam, choice.mode);
+      if (shortfall) {
         throw new PivotError('preflight', shortfall, {
           path: cfg.stagingDir,
           fix: room.facts.inRam
             ? `give the node more RAM (staging is in RAM: ${room.facts.filesystem}), or point stagingDir at a disk with room`
             : 'give the staging filesystem more room, or point stagingDir at a larger filesystem',
-          facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, staging: room.facts },
+          facts: { compressedBytes: image.compressedBytes, spaceFactor: cfg.spaceFactor, stagingMode: choice.mode, staging: room.facts },
         });
       }
-      const tree = await steps.pull(cfg, image, progress);
-      return room ? { ...tree, facts: { ...tree.facts, staging: room.facts } } : tree;
-    }, (s) => ({ reused: s.reused, ...s.facts }));
+      const tree = await steps.pull(cfg, image, progress, choice);
+      return { ...tree, facts: { ...tree.facts, staging: room.facts } };
+    }, (s) => ({ reused: s.reused, stagingMode: s.mode, ...s.facts }));
 
     // 4. Plan /etc. A conflict stops here, before anything changes.
     const etc = await phase('etc-plan', () => steps.planEtc(cfg, staged), (e) => ({ actions: e.report.actions, ...e.report.counts, warnings: e.report.warnings.length }));
@@ -214,7 +218,7 @@ export async function runPivot(req: PivotRequest): Promise<PivotOutcome> {
 
     // 6-7. The switch: mount /usr, then apply /etc (labelled with the node image's file_contexts).
     // Until /etc is applied, any failure (the catch below) unmounts /usr again: all old.
-    if (await steps.usrIsPivotedTo(staged.root)) {
+    if (await steps.usrIsPivotedTo(cfg, staged.root)) {
       skipPhase('mount', '/usr is already the staged tree (a previous run mounted it)');
     } else {
       const mounted = await phase('mount', () => steps.mountUsr(cfg, staged), (m) => m.facts);

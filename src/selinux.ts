@@ -13,6 +13,7 @@ import { runThroughPipe } from './child-output.ts';
 import { PivotError, isErrno } from './errors.ts';
 import { failpoint } from './failpoints.ts';
 import { log } from './log.ts';
+import { stageRelabelled } from './unpack/delta/labels.ts';
 import { SELINUX_FS, kernelPolicyVersion, loadPolicyImage, pickPolicyVersion } from './selinux-kernel.ts';
 import { xattrs } from './xattr.ts';
 
@@ -294,7 +295,7 @@ export interface PolicyAndLabel {
  * label the staged tree with it. The host is asked first, so a node with SELinux off never needs
  * a policy in the image; "selinux": "off" in the config skips even on an enforcing host.
  */
-export async function labelStagedTree(opts: { stagedRoot: string; setting: 'auto' | 'off'; selinuxfs?: string; etcSelinux?: string }): Promise<PolicyAndLabel> {
+export async function labelStagedTree(opts: { stagedRoot: string; setting: 'auto' | 'off'; selinuxfs?: string; etcSelinux?: string; deltaOver?: string }): Promise<PolicyAndLabel> {
   if (opts.setting === 'off') return { skipped: 'selinux off in the config' };
   if (!(await selinuxEnabled(opts.selinuxfs))) return { skipped: 'selinux disabled' };
   const selinuxfs = opts.selinuxfs ?? SELINUX_FS;
@@ -326,9 +327,18 @@ export async function labelStagedTree(opts: { stagedRoot: string; setting: 'auto
   }
   try {
     const prelabelled = await prelabelPolicyFiles(plan);
+    // A delta leaves out files identical but for the label, which only the new policy knows:
+    // those the booted /usr would show with another label are copied in first, then labelled.
+    const relabel = opts.deltaOver
+      ? await stageRelabelled(join(opts.stagedRoot, 'usr'), opts.deltaOver, (items) => lookupContexts(plan.fileContexts, items))
+      : undefined;
+    if (relabel) log().info({ phase: 'selinux', checked: relabel.checked, copied: relabel.staged.length }, `delta: ${relabel.staged.length} of ${relabel.checked} booted files the overlay shows get another label from the node image's policy, copied into the delta`);
     const r = await labelTree(plan);
     return {
-      facts: { policy: plan.policyType, policyLoaded: decision.load, why: decision.reason, prelabelled, seconds: r.seconds },
+      facts: {
+        policy: plan.policyType, policyLoaded: decision.load, why: decision.reason, prelabelled, seconds: r.seconds,
+        ...(relabel ? { deltaRelabel: { checked: relabel.checked, copied: relabel.staged.length } } : {}),
+      },
       fileContexts: plan.fileContexts,
       ...(undo ? { undo } : {}),
     };

@@ -137,3 +137,37 @@ export function stagingUsedBytes(dir: string): number {
   const s = statfsSync(dir);
   return (Number(s.blocks) - Number(s.bfree)) * Number(s.bsize);
 }
+
+/** An errno code anywhere in the chain: the unpacker and the blob cache wrap the syscall's error. */
+function errnoIn(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e !== undefined && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if (isErrno(e, 'ENOSPC', 'EDQUOT')) return (e as NodeJS.ErrnoException).code;
+    const code = e instanceof PivotError ? e.facts.code : undefined;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return code;
+  }
+  return undefined;
+}
+
+/**
+ * A pull that ran out of room is the space check's failure found late (exit 9, not an unpack
+ * error): the delta's size is unknown until its layers have streamed, and a full staging can
+ * expand beyond spaceFactor. The failed pull has removed its partial tree by now, so the
+ * system is all old; the verified blobs stay for the next attempt.
+ */
+export function stagingFullError(err: unknown, at: { stagingDir: string; mode: 'full' | 'delta'; compressedBytes: number }): PivotError | undefined {
+  const code = errnoIn(err);
+  if (!code) return undefined;
+  const mib = (n: number): string => `${(n / 1024 ** 2).toFixed(0)} MiB`;
+  let size = '';
+  try {
+    const s = statfsSync(at.stagingDir);
+    size = ` (${mib(Number(s.blocks) * Number(s.bsize))}, ${mib(stagingUsedBytes(at.stagingDir))} still used by the blob cache and other files)`;
+  } catch { /* the numbers are a courtesy */ }
+  const inner = err instanceof Error ? err.message : String(err);
+  return new PivotError('preflight', `the staging filesystem at ${at.stagingDir}${size} filled up during the ${at.mode} pull of ${mib(at.compressedBytes)} compressed (${code}): ${inner}`, {
+    path: at.stagingDir,
+    fix: 'give the node more RAM or point stagingDir at a larger filesystem; nothing changed, and the verified blobs are kept for the next attempt',
+    facts: { code, stagingMode: at.mode, compressedBytes: at.compressedBytes },
+    cause: err,
+  });
+}

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { topMountAt, type MountinfoEntry } from './mountinfo.ts';
+import { readMountinfo, topMountAt, type MountinfoEntry } from './mountinfo.ts';
 
 export type StagingSetting = 'full' | 'delta' | 'auto';
 export type StagingMode = 'full' | 'delta';
@@ -95,4 +95,21 @@ export function decideStaging(setting: StagingSetting, facts: RootFacts, probe: 
   const p = probe();
   if (p.ok) return { ...chosen, fellBack: false };
   return { mode: 'full', reason: `${chosen.reason}; falling back to full staging: ${p.why}`, fellBack: true };
+}
+
+export interface StagingChoice {
+  mode: StagingMode;
+  /** One sentence for the log, the state file and `status`. */
+  reason: string;
+  fellBack: boolean;
+}
+
+/**
+ * This host's answer: the live marker and mountinfo decide, and delta asks the kernel first
+ * whether it will stack an overlay on the booted /usr (the trial mount goes below `scratchParent`,
+ * the staging directory, which is ready by then).
+ */
+export function decideStagingOnHost(setting: StagingSetting, usr: string, scratchParent: string): StagingChoice {
+  const facts: RootFacts = { ostreeLive: existsSync(OSTREE_LIVE_MARKER), mountinfo: readMountinfo() };
+  return decideStaging(setting, facts, () => probeOverlayStacking(usr, scratchParent));
 }

@@ -5,8 +5,10 @@ import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
 import { PivotError } from './errors.ts';
 import { isUsrPivoted } from './mount.ts';
+import { deltaWriter, moveDeltaEtcDefaults, readStagingRecord, stagingFacts, writeStagingRecord } from './staging-delta.ts';
+import type { StagingChoice } from './staging-mode.ts';
 import { removeTreeWithinMount } from './mount-recovery.ts';
-import { prepareStagingFs, stagingUsedBytes, type StagingRoom } from './staging-fs.ts';
+import { prepareStagingFs, stagingFullError, stagingUsedBytes, type StagingRoom } from './staging-fs.ts';
 import type { ResolvedImage, StagedTree } from './pivot-steps.ts';
 import { pullProgress, type Progress } from './progress.ts';
 import { pullToDest, type PullToDestSummary } from './pull.ts';
@@ -68,18 +70,27 @@ function bootcFacts(s: PullToDestSummary): Record<string, unknown> {
   };
 }
 
+/** How this pull stages: the run's choice, and for delta the booted /usr to compare with. */
+export interface StageRequest {
+  choice?: StagingChoice;
+  /** The pivot's private read-only bind of the booted /usr: a delta's lower layer (made by then in delta mode). */
+  bootedUsr: string;
+}
+
 /**
- * Pulls `image.pinned` into stagingDir/<digest>, or reuses the tree a previous run finished.
- * Refuses a second image while /usr shows a staged one, and an image with no usr/.
+ * Pulls `image.pinned` into stagingDir/<digest>, in full or as a delta over the booted /usr, or
+ * reuses the tree a previous run finished (in the mode its record names). Refuses a second image
+ * while /usr shows a staged one, and an image with no usr/.
  */
-export async function stageImage(cfg: Config, image: ResolvedImage, registry: RegistryOptions, progress: Progress): Promise<StagedTree> {
+export async function stageImage(cfg: Config, image: ResolvedImage, registry: RegistryOptions, progress: Progress, req: StageRequest): Promise<StagedTree> {
   const root = stagedPath(cfg, image.manifestDigest);
   const others = (existsSync(cfg.stagingDir) ? readdirSync(cfg.stagingDir) : [])
     .filter((name) => name !== 'blobs' && name !== hex(image.manifestDigest));
   // A staged tree that /usr shows is the running system: never delete it, and do not stack
   // a second pivot on it (its /etc merge would take the first image's defaults for local
   // changes). Only a staged tree is named by a bare digest; `.unpacked`, `.mnt` are scratch.
-  const live = others.find((name) => /^[0-9a-f]{64}$/.test(name) && isUsrPivoted('/usr', join(cfg.stagingDir, name)));
+  const shown = (name: string): boolean => isUsrPivoted('/usr', join(cfg.stagingDir, name)) || isUsrPivoted('/usr', join(cfg.stagingDir, name), 'overlay', req.bootedUsr);
+  const live = others.find((name) => /^[0-9a-f]{64}$/.test(name) && shown(name));
   if (live) {
     // A config error (exit 2, not retried): the config names an image this boot cannot take.
     throw new PivotError('config', `/usr already shows another node image (sha256:${live}) this boot`, {
@@ -88,22 +99,31 @@ export async function stageImage(cfg: Config, image: ResolvedImage, registry: Re
       fix: `reboot to pivot to ${image.manifestDigest}; a second pivot to a different image in one boot is not supported`,
     });
   }
-  if (existsSync(root)) return { root, reused: true, facts: {} };
+  if (existsSync(root)) {
+    const record = readStagingRecord(root);
+    return { root, reused: true, mode: record.mode, facts: stagingFacts(record, record.delta) };
+  }
+  const choice = req.choice ?? { mode: 'full' as const, reason: 'no staging mode was chosen', fellBack: false };
   // Leftovers of interrupted runs and of other images only take RAM on a live ISO.
   // Never across a mount point: an interrupted run's mounts are detached in preflight, and
   // anything still mounted here is not ours to walk into.
   for (const name of others) removeTreeWithinMount(join(resolvedPath(cfg.stagingDir), name));
   const unpacked = `${root}.unpacked`;
+  const delta = choice.mode === 'delta' ? deltaWriter(req.bootedUsr, { allowDevices: cfg.allowDevices }) : undefined;
   const summary = await pullToDest(image.pinned, unpacked, registry, {
     limits: cfg.limits,
     allowDevices: cfg.allowDevices,
     keepSysroot: cfg.keepSysroot,
+    ...(delta ? { targetAt: delta.targetAt } : {}),
     // `systemctl status` and a terminal show how far the pull is (throttled in Progress).
     onProgress: pullProgress(progress),
+  }).catch((err: unknown) => {
+    throw stagingFullError(err, { stagingDir: cfg.stagingDir, mode: choice.mode, compressedBytes: image.compressedBytes }) ?? err;
   });
   // ostree-native images export /usr/etc as /etc; the new /usr carries its defaults at
   // usr/etc again, as the base of the next merge and for ostree's own tools.
-  if (existsSync(join(unpacked, 'etc')) && !existsSync(join(unpacked, 'usr/etc'))) renameSync(join(unpacked, 'etc'), join(unpacked, 'usr/etc'));
+  if (delta) moveDeltaEtcDefaults(unpacked);
+  else if (existsSync(join(unpacked, 'etc')) && !existsSync(join(unpacked, 'usr/etc'))) renameSync(join(unpacked, 'etc'), join(unpacked, 'usr/etc'));
   if (!existsSync(join(unpacked, 'usr'))) {
     rmSync(unpacked, { recursive: true, force: true });
     // The digests matched: the config names the wrong kind of image (exit 2, not retried).
@@ -112,13 +132,17 @@ export async function stageImage(cfg: Config, image: ResolvedImage, registry: Re
       field, fix: `point ${field} at a bootable node image (an OS image with /usr), not an application image`,
     });
   }
+  const deltaStats = delta?.stats();
+  // Written before the rename: a finished tree always says how it was staged.
+  writeStagingRecord(unpacked, { mode: choice.mode, reason: choice.reason, ...(deltaStats ? { delta: deltaStats } : {}) });
   renameSync(unpacked, root);
   // Verified blobs are only needed until the tree is complete.
   rmSync(join(cfg.stagingDir, 'blobs'), { recursive: true, force: true });
   return {
-    root, reused: false,
+    root, reused: false, mode: choice.mode,
     facts: {
       layers: summary.layers, entries: summary.entries, compressedBytes: summary.compressedBytes, expandedBytes: summary.expandedBytes, seconds: summary.seconds,
+      ...stagingFacts(choice, deltaStats),
       // What staging holds in RAM on a live ISO, and what the pull cost the agent.
       stagingUsedBytes: stagingUsedBytes(cfg.stagingDir), peakRssBytes: process.resourceUsage().maxRSS * 1024,
       // `status` shows which ostree commit and image version the node now runs.

@@ -39,6 +39,15 @@ function osIdentity(s: PivotState): string | undefined {
   return `os: ${[version ? `version ${version}` : '', commit ? `ostree commit ${commit}` : ''].filter(Boolean).join(', ')}`;
 }
 
+/** Which staging the pull used and why: an operator on a live ISO asks what holds the RAM. */
+function stagingLine(s: PivotState): string | undefined {
+  const facts = s.phases.find((p) => p.name === 'pull')?.facts ?? {};
+  if (facts.stagingMode !== 'full' && facts.stagingMode !== 'delta') return undefined;
+  const used = typeof facts.stagingUsedBytes === 'number' ? `, ${(facts.stagingUsedBytes / 1024 ** 2).toFixed(0)} MiB in staging` : '';
+  const why = typeof facts.stagingModeReason === 'string' && facts.stagingModeReason ? ` (${facts.stagingModeReason})` : '';
+  return `staging: ${facts.stagingMode}${used}${why}`;
+}
+
 export function formatStatus(r: StatusReport): string {
   const lines: string[] = [];
   const s = r.state;
@@ -50,6 +59,8 @@ export function formatStatus(r: StatusReport): string {
     lines.push(`image: ${img}`);
     const os = osIdentity(s);
     if (os) lines.push(os);
+    const staging = stagingLine(s);
+    if (staging) lines.push(staging);
     if (s.skipReason) lines.push(`skipped: ${s.skipReason}`);
     lines.push(`started: ${s.startedAt}, updated: ${s.updatedAt}`);
     for (const p of s.phases) {

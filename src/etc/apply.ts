@@ -125,6 +125,9 @@ function copyXattrs(src: string, dst: string, isSymlink: boolean, label: string 
   for (const [name, value] of attrs) {
     // The kernel refuses user.* on symlinks; the source cannot really have them either.
     if (isSymlink && name.startsWith('user.')) continue;
+    // A delta's /usr/etc is opaque: an instruction to the overlay that shows it, invisible
+    // through it, and on a live root's /etc (itself an overlay's upper) one it would obey.
+    if (name.startsWith('trusted.overlay.')) continue;
     try {
       x.setAttributeSync(dst, name, value);
     } catch (err) {

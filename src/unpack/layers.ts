@@ -47,6 +47,8 @@ export interface UnpackOptions {
   onProgress?(p: UnpackProgress): void;
   /** Replaces the direct writer (delta mode, tests). */
   target?: LayerTarget;
+  /** Makes the writer for the directory the unpack writes into (pull builds in DIR.partial). */
+  targetAt?: (dest: string) => LayerTarget;
   /** A bootable (bootc / ostree-native) image: unpack it as bootc's importer does (bootc.ts). */
   bootc?: BootcImage;
 }
@@ -139,7 +141,7 @@ async function drain(body: AsyncIterable<unknown>): Promise<void> {
 export async function unpackLayers(dest: string, layers: LayerSource[], opts: UnpackOptions): Promise<UnpackSummary> {
   const started = process.hrtime.bigint();
   mkdirSync(dest, { recursive: true });
-  const target: LayerTarget = opts.target ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
+  const target: LayerTarget = opts.target ?? opts.targetAt?.(dest) ?? new DirectTarget(dest, { allowDevices: opts.allowDevices, isRoot: process.getuid?.() === 0 });
   const s: UnpackSummary = {
     layers: layers.length, entries: 0, files: 0, dirs: 0, symlinks: 0, hardlinks: 0, whiteouts: 0,
     devicesSkipped: 0, filtered: {}, xattrLinks: 0, runtimeInjectedRemoved: [], factoryVarEntries: 0, expandedBytes: 0, compressedBytes: 0, seconds: 0,

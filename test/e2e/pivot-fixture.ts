@@ -101,7 +101,9 @@ export function installInto(root: string, opts: InstallOptions): void {
       copyFileSync(join(units, name), join(root, 'etc/systemd/system', name));
     }
   }
-  write(root, 'etc/node-image-pivot/config.json', `${JSON.stringify({ ...(opts.image ? { image: opts.image } : {}), ...opts.config }, null, 2)}\n`);
+  // The e2e-delta project runs every scenario again with delta staging (vitest.config.ts).
+  const staging = process.env.NODE_IMAGE_PIVOT_E2E_STAGING;
+  write(root, 'etc/node-image-pivot/config.json', `${JSON.stringify({ ...(opts.image ? { image: opts.image } : {}), ...(staging ? { staging } : {}), ...opts.config }, null, 2)}\n`);
   write(root, 'etc/containers/registries.conf', `[[registry]]\nlocation = "${opts.registryHost}"\ninsecure = true\n`);
   // Boot-image side of the "unit present in both images" check, enabled by a local /etc link.
   write(root, 'usr/lib/systemd/system/nip-probe.service', probeUnit('old'));

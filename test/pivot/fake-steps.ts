@@ -10,6 +10,7 @@ import type { EtcPlan } from '../../src/etc/index.ts';
 import type { PivotRequest } from '../../src/pivot.ts';
 import type { PivotSteps, TargetStates } from '../../src/pivot-steps.ts';
 import { Progress } from '../../src/progress.ts';
+import type { StagingChoice } from '../../src/staging-mode.ts';
 
 export const DIGEST = `sha256:${'a'.repeat(64)}`;
 export const PINNED = `reg.example/node@${DIGEST}`;
@@ -32,6 +33,8 @@ export interface FakeOptions {
   /** What usrIsPivotedTo answers. */
   pivoted?: boolean;
   targetStates?: TargetStates;
+  /** What stagingMode answers (default full). */
+  staging?: StagingChoice;
   /** label() loads a policy (returns an undo) unless false. */
   policyLoaded?: boolean;
 }
@@ -40,7 +43,7 @@ export interface Fake {
   steps: PivotSteps;
   calls: StepName[];
   /** Arguments the steps were given that the pivot must carry from one step to the next. */
-  seen: { pulled?: string; fileContexts?: string | undefined };
+  seen: { pulled?: string; fileContexts?: string | undefined; choice?: StagingChoice | undefined };
 }
 
 export function fakeSteps(dir: string, opts: FakeOptions = {}): Fake {
@@ -63,7 +66,13 @@ export function fakeSteps(dir: string, opts: FakeOptions = {}): Fake {
     },
     stagedPath: () => staged,
     stagingRoom: async () => { step('stagingRoom'); return { freeBytes: opts.room ?? 4 * 1024 ** 3, facts: { filesystem: 'disk', inRam: false, reason: 'fake' } }; },
-    pull: async (_cfg, image) => { step('pull'); seen.pulled = image.pinned; return { root: staged, reused: false, facts: { layers: 2 } }; },
+    stagingMode: async () => { step('stagingMode'); return opts.staging ?? { mode: 'full', reason: 'fake', fellBack: false }; },
+    pull: async (_cfg, image, _progress, choice) => {
+      step('pull');
+      seen.pulled = image.pinned;
+      seen.choice = choice;
+      return { root: staged, reused: false, mode: choice?.mode ?? 'full', facts: { layers: 2 } };
+    },
     planEtc: async () => {
       step('planEtc');
       return { plan: PLAN, report: { actions: 3, counts: { add: 3 }, warnings: ['a warning'], conflicts: [], text: 'add x' } };

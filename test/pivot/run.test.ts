@@ -22,7 +22,7 @@ describe('a pivot that succeeds', () => {
     const f = fakeSteps(box.dir);
     const out = await runPivot(request(cfg, f.steps));
     expect(out.result).toBe('done');
-    expect(f.calls).toEqual(['recoverEtc', 'recoverMounts', 'resolve', 'stagingRoom', 'pull', 'planEtc', 'label', 'usrIsPivotedTo', 'mountUsr', 'applyEtc', 'refresh', 'targetStates', 'isolate', 'settle']);
+    expect(f.calls).toEqual(['recoverEtc', 'recoverMounts', 'resolve', 'stagingRoom', 'stagingMode', 'pull', 'planEtc', 'label', 'usrIsPivotedTo', 'mountUsr', 'applyEtc', 'refresh', 'targetStates', 'isolate', 'settle']);
     const s = readState(cfg.stateDir);
     expect(s).toMatchObject({ result: 'done', mode: 'isolate', attempt: 1, image: { reference: 'reg.example/node:1', digest: DIGEST } });
     expect(phasesOf(s)).toEqual(ALL_DONE.map((n) => [n, 'done']));
@@ -34,7 +34,7 @@ describe('a pivot that succeeds', () => {
   it('pulls the reference resolve pinned, and labels /etc with the file_contexts phase selinux loaded', async () => {
     const f = fakeSteps(box.dir);
     await runPivot(request(cfg, f.steps));
-    expect(f.seen).toEqual({ pulled: PINNED, fileContexts: FILE_CONTEXTS });
+    expect(f.seen).toEqual({ pulled: PINNED, fileContexts: FILE_CONTEXTS, choice: { mode: 'full', reason: 'fake', fellBack: false } });
   });
 
   it('with SELinux off, etc-apply gets no file_contexts and the phase records why', async () => {
@@ -115,6 +115,37 @@ describe('a phase that fails', () => {
     mkdirSync(f.steps.stagedPath(cfg, DIGEST));
     expect((await runPivot(request(cfg, f.steps))).result).toBe('done');
     expect(f.calls).not.toContain('stagingRoom');
+    expect(f.calls).not.toContain('stagingMode');
+    expect(f.seen.choice).toBeUndefined();
+  });
+});
+
+describe('staging mode', () => {
+  const DELTA = { mode: 'delta' as const, reason: 'staging "auto": the root lives in RAM (/ is tmpfs), so only what differs from the booted /usr is staged', fellBack: false };
+
+  it('the pull stages in the mode chosen, and the pull phase records the mode', async () => {
+    const f = fakeSteps(box.dir, { staging: DELTA });
+    await runPivot(request(cfg, f.steps));
+    expect(f.seen.choice).toEqual(DELTA);
+    expect(readState(cfg.stateDir)?.phases.find((p) => p.name === 'pull')?.facts).toMatchObject({ stagingMode: 'delta' });
+  });
+
+  it('delta needs the compressed size free, not spaceFactor times it', async () => {
+    const f = fakeSteps(box.dir, { staging: DELTA, room: COMPRESSED });
+    expect((await runPivot(request(cfg, f.steps))).result).toBe('done');
+  });
+
+  it('delta without even the compressed size free is refused with the numbers (exit 9) before pulling', async () => {
+    const f = fakeSteps(box.dir, { staging: DELTA, room: COMPRESSED - 1024 ** 2 });
+    const err = await runPivot(request(cfg, f.steps)).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: 'preflight', exitCode: 9, facts: { stagingMode: 'delta' } });
+    expect((err as Error).message).toBe('delta staging needs 512 MiB (512 MiB compressed, the least delta staging can need) but only 511 MiB is free');
+    expect(f.calls).not.toContain('pull');
+  });
+
+  it('a full staging with the room a delta would take is still refused', async () => {
+    const f = fakeSteps(box.dir, { room: COMPRESSED });
+    await expect(runPivot(request(cfg, f.steps))).rejects.toMatchObject({ kind: 'preflight', exitCode: 9 });
   });
 });
 
@@ -190,7 +221,7 @@ describe('dry run', () => {
         stagedRoot: f.steps.stagedPath(cfg, DIGEST),
       },
     });
-    expect(f.calls).toEqual(['pendingEtcJournal', 'resolve', 'stagingRoom', 'pull', 'planEtc']);
+    expect(f.calls).toEqual(['pendingEtcJournal', 'resolve', 'stagingRoom', 'stagingMode', 'pull', 'planEtc']);
     expect(readState(cfg.stateDir)).toBeUndefined();
   });
 

@@ -30,6 +30,11 @@ export interface DeltaTargetOptions extends Omit<DirectTargetOptions, 'wrapProbe
   /** The booted ostree repo (/sysroot/ostree/repo) for the object shortcut; absent: none. */
   bootedRepo?: string;
   labelFor?: LabelLookup;
+  /**
+   * Image paths written in full even where the booted /usr has them identical (`usr/etc`: the
+   * /etc merge reads the new defaults from the staged tree, so they must all be there).
+   */
+  writeInFull?: readonly string[];
 }
 
 export interface DeltaStats {
@@ -110,6 +115,7 @@ export class DeltaTarget implements LayerTarget {
   /** The overlay shows the booted file at rel only if every booted ancestor is a real directory. */
   private comparable(rel: string): boolean {
     if (!rel.startsWith('usr/')) return false;
+    if (this.opts.writeInFull?.some((p) => rel === p || rel.startsWith(`${p}/`))) return false;
     for (let i = rel.indexOf('/', 4); i >= 0; i = rel.indexOf('/', i + 1)) {
       const dir = rel.slice(0, i);
       if (this.bootedDirs.has(dir)) continue;
