@@ -31,6 +31,10 @@ interface State { result: string; attempt?: number; phases: Phase[]; error?: { l
 class Sampler {
   peakStagingBytes = 0;
   peakRssBytes = 0;
+  /** Peak RssAnon: the agent's own memory, without the executable's file pages VmHWM counts. */
+  peakAnonBytes = 0;
+  /** user+system seconds of each agent process, last reading (clock ticks are 1/100 s on Linux). */
+  private readonly cpu = new Map<number, number>();
   ownTmpfs = false;
   private readonly timer: NodeJS.Timeout;
   private agents: number[] = [];
@@ -77,8 +81,15 @@ class Sampler {
     }
     const alive = this.agents.filter((pid) => {
       try {
-        const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+        const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+        const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
+        const anon = /RssAnon:\s+(\d+) kB/.exec(status);
         if (hwm) this.peakRssBytes = Math.max(this.peakRssBytes, Number(hwm[1]) * 1024);
+        if (anon) this.peakAnonBytes = Math.max(this.peakAnonBytes, Number(anon[1]) * 1024);
+        // Fields 14 and 15 (utime, stime) after the parenthesised comm.
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        this.cpu.set(pid, (Number(f[11]) + Number(f[12])) / 100);
         return true;
       } catch {
         return false;
@@ -89,6 +100,11 @@ class Sampler {
 
   stop(): void {
     clearInterval(this.timer);
+  }
+
+  /** CPU seconds of the agent's processes, as last seen (the final 10 ms before an exit are missed). */
+  get cpuSeconds(): number {
+    return [...this.cpu.values()].reduce((a, b) => a + b, 0);
   }
 }
 
@@ -172,6 +188,8 @@ async function oneRound(mode: Mode, round: number, image: { ref: string; host: s
       factsUsedBytes: num(f.stagingUsedBytes), factsPeakRssBytes: num(f.peakRssBytes),
       expandedBytes: num(f.expandedBytes), compressedBytes: num(f.compressedBytes),
       polledPeakRssBytes: sampler.peakRssBytes || undefined,
+      polledPeakAnonBytes: sampler.peakAnonBytes || undefined,
+      agentCpuSeconds: sampler.cpuSeconds || undefined,
       delta: typeof f.delta === 'object' && f.delta ? f.delta as Record<string, unknown> : undefined,
       mountMode: typeof mount?.facts?.mode === 'string' ? mount.facts.mode : undefined,
       phases: Object.fromEntries(state.phases.map((p) => [p.name, p.seconds])),
@@ -179,7 +197,8 @@ async function oneRound(mode: Mode, round: number, image: { ref: string; host: s
     if (!sampler.ownTmpfs) throw new Error(`the ${mode} pivot did not stage on a tmpfs of its own (${JSON.stringify(f.staging)}): nothing to measure RAM with`);
     say(`staging round ${round} ${mode} (ran ${row.ran ?? 'unreported'}): pull ${row.pullSeconds.toFixed(2)} s, pivot ${row.pivotSeconds.toFixed(2)} s, `
       + `held ${(row.heldBytes / 2 ** 20).toFixed(1)} MiB, peak ${(row.peakStagingBytes / 2 ** 20).toFixed(1)} MiB, tree ${(row.treeFileBytes / 2 ** 20).toFixed(1)} MiB, `
-      + `RSS ${((row.factsPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)}/${((row.polledPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)} MiB (facts/polled)`);
+      + `RSS ${((row.factsPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)}/${((row.polledPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)} MiB (facts/polled), `
+      + `RssAnon ${((row.polledPeakAnonBytes ?? 0) / 2 ** 20).toFixed(0)} MiB, agent CPU ${(row.agentCpuSeconds ?? 0).toFixed(2)} s`);
     return row;
   } finally {
     sampler?.stop();

@@ -32,6 +32,9 @@ export interface ModeRow {
   compressedBytes: number | undefined;
   /** The agent's VmHWM polled from the host over the whole run (every process of it, max). */
   polledPeakRssBytes: number | undefined;
+  polledPeakAnonBytes: number | undefined;
+  /** user+system seconds of the agent's processes over the run (polled; steadier than wall time on a loaded machine). */
+  agentCpuSeconds: number | undefined;
   /** facts.delta in delta mode. */
   delta: Record<string, unknown> | undefined;
   mountMode: string | undefined;
@@ -43,7 +46,11 @@ export interface ModeSummary {
   ran: string[];
   pullSeconds: number[];
   pivotSeconds: number[];
-  median: { pullSeconds: number; pivotSeconds: number; heldMiB: number; peakStagingMiB: number; treeFileMiB: number; peakRssMiB: number | undefined; polledPeakRssMiB: number | undefined };
+  median: {
+    pullSeconds: number; pivotSeconds: number; heldMiB: number; peakStagingMiB: number; treeFileMiB: number;
+    peakRssMiB: number | undefined; polledPeakRssMiB: number | undefined; peakAnonMiB: number | undefined; cpuSeconds: number | undefined;
+  };
+  peakRssMiB: Array<number | undefined>;
   maxHeldMiB: number;
   /** expandedBytes - delta.skippedBytes, when the facts have them. */
   factsDeltaMiB: number | undefined;
@@ -62,6 +69,8 @@ export function summariseMode(rows: readonly ModeRow[]): ModeSummary | undefined
   const skipped = rows.map((r) => (r.expandedBytes !== undefined && num(r.delta?.skippedBytes) !== undefined ? r.expandedBytes - num(r.delta?.skippedBytes)! : undefined));
   const rss = medianOf(rows.map((r) => r.factsPeakRssBytes));
   const polled = medianOf(rows.map((r) => r.polledPeakRssBytes));
+  const anon = medianOf(rows.map((r) => r.polledPeakAnonBytes));
+  const cpu = medianOf(rows.map((r) => r.agentCpuSeconds));
   const fd = medianOf(skipped);
   return {
     rounds: rows.length,
@@ -76,7 +85,10 @@ export function summariseMode(rows: readonly ModeRow[]): ModeSummary | undefined
       treeFileMiB: mib(median(rows.map((r) => r.treeFileBytes))),
       peakRssMiB: rss === undefined ? undefined : mib(rss),
       polledPeakRssMiB: polled === undefined ? undefined : mib(polled),
+      peakAnonMiB: anon === undefined ? undefined : mib(anon),
+      cpuSeconds: cpu === undefined ? undefined : r2(cpu),
     },
+    peakRssMiB: rows.map((r) => (r.factsPeakRssBytes === undefined ? undefined : Math.round(r.factsPeakRssBytes / MiB))),
     maxHeldMiB: mib(Math.max(...rows.map((r) => r.heldBytes))),
     factsDeltaMiB: fd === undefined ? undefined : mib(fd),
   };
@@ -85,7 +97,7 @@ export function summariseMode(rows: readonly ModeRow[]): ModeSummary | undefined
 export interface StagingModesVerdicts {
   full: ModeSummary | undefined;
   delta: ModeSummary | undefined;
-  ratios: { ramHeldOverBound?: number; pivotTime?: number; pullTime?: number; peakRss?: number; deltaOverFullBytes?: number };
+  ratios: { ramHeldOverBound?: number; pivotTime?: number; pullTime?: number; peakRss?: number; peakAnon?: number; cpu?: number; deltaOverFullBytes?: number };
   targets: Verdict[];
   notes: string[];
 }
@@ -117,6 +129,8 @@ export function stagingVerdicts(rows: readonly ModeRow[]): StagingModesVerdicts 
     ratios.pivotTime = r2(delta.median.pivotSeconds / full.median.pivotSeconds);
     ratios.pullTime = r2(delta.median.pullSeconds / full.median.pullSeconds);
     if (delta.median.peakRssMiB !== undefined && full.median.peakRssMiB) ratios.peakRss = r2(delta.median.peakRssMiB / full.median.peakRssMiB);
+    if (delta.median.peakAnonMiB !== undefined && full.median.peakAnonMiB) ratios.peakAnon = r2(delta.median.peakAnonMiB / full.median.peakAnonMiB);
+    if (delta.median.cpuSeconds !== undefined && full.median.cpuSeconds) ratios.cpu = r2(delta.median.cpuSeconds / full.median.cpuSeconds);
     ratios.deltaOverFullBytes = Math.round((delta.median.treeFileMiB / full.median.treeFileMiB) * 1000) / 1000;
   }
   check('staging delta: RAM held / (1.1 x delta expanded bytes + 32 MiB) <= 1', ratios.ramHeldOverBound, (v) => v <= 1);
@@ -128,16 +142,21 @@ export function stagingVerdicts(rows: readonly ModeRow[]): StagingModesVerdicts 
 /** The side-by-side table and the verdicts, PASS/FAIL, as the bench prints them. */
 export function formatStagingModes(v: StagingModesVerdicts, image: { identicalFraction: number; imageBytes: number }): string {
   const lines = [`staging modes, one real pivot per round in an nspawn machine, /run tmpfs; node image /usr ${(image.identicalFraction * 100).toFixed(1)}% identical to the booted one (${mib(image.imageBytes)} MiB of files)`];
-  const cols = ['mode', 'rounds', 'ran', 'pull s', 'pivot s', 'held MiB', 'peak stage MiB', 'tree MiB', 'peak RSS MiB', 'polled RSS MiB'];
-  lines.push(cols.map((c) => c.padEnd(15)).join(''));
+  const cols = ['mode', 'ran', 'pull s', 'pivot s', 'agent CPU s', 'held MiB', 'peak stage MiB', 'tree MiB', 'RSS MiB', 'RssAnon MiB'];
+  const w = 15;
+  lines.push(cols.map((c) => c.padEnd(w)).join(' '));
   for (const [name, s] of [['full', v.full], ['delta', v.delta]] as const) {
     if (!s) {
-      lines.push(`${name.padEnd(15)}no rounds`);
+      lines.push(`${name.padEnd(w)} no rounds`);
       continue;
     }
     const m = s.median;
-    lines.push([name, String(s.rounds), [...new Set(s.ran)].join('/'), `${m.pullSeconds} [${s.pullSeconds.join(' ')}]`, `${m.pivotSeconds} [${s.pivotSeconds.join(' ')}]`,
-      String(m.heldMiB), String(m.peakStagingMiB), String(m.treeFileMiB), String(m.peakRssMiB ?? 'n/a'), String(m.polledPeakRssMiB ?? 'n/a')].map((c) => c.padEnd(15)).join(''));
+    lines.push([`${name} x${s.rounds}`, [...new Set(s.ran)].join('/'), m.pullSeconds, m.pivotSeconds, m.cpuSeconds ?? 'n/a',
+      m.heldMiB, m.peakStagingMiB, m.treeFileMiB, m.peakRssMiB ?? 'n/a', m.peakAnonMiB ?? 'n/a'].map((c) => String(c).padEnd(w)).join(' '));
+  }
+  lines.push('(medians; RSS is the pull facts\' peakRssBytes, RssAnon and agent CPU are polled from the host)');
+  for (const [name, s] of [['full', v.full], ['delta', v.delta]] as const) {
+    if (s) lines.push(`${name} rounds: pull s [${s.pullSeconds.join(' ')}], pivot s [${s.pivotSeconds.join(' ')}], RSS MiB [${s.peakRssMiB.join(' ')}]`);
   }
   if (v.delta?.factsDeltaMiB !== undefined) lines.push(`delta expanded bytes from the facts (expandedBytes - delta.skippedBytes): ${v.delta.factsDeltaMiB} MiB`);
   lines.push(`ratios: ${JSON.stringify(v.ratios)}`);

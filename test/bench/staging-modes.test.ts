@@ -57,7 +57,7 @@ function row(over: Partial<ModeRow>): ModeRow {
     requested: 'full', ran: 'full', reason: 'staging is "full" in the config', round: 1, pullSeconds: 4, pivotSeconds: 8,
     heldBytes: 215 * MiB, peakStagingBytes: 287 * MiB, treeFileBytes: 200 * MiB, treeFiles: 6000, whiteouts: 0,
     factsUsedBytes: 215 * MiB, factsPeakRssBytes: 127 * MiB, expandedBytes: 200 * MiB, compressedBytes: 72 * MiB,
-    polledPeakRssBytes: 128 * MiB, delta: undefined, mountMode: 'bind', phases: {}, ...over,
+    polledPeakRssBytes: 128 * MiB, polledPeakAnonBytes: 60 * MiB, agentCpuSeconds: 5, delta: undefined, mountMode: 'bind', phases: {}, ...over,
   };
 }
 
