@@ -53,11 +53,14 @@ export function reclaimableStagingBytes(stagingDir: string, keep: readonly strin
 
 /**
  * Makes stagingDir ready (a tmpfs of its own when it would sit in RAM, src/staging-fs.ts) and
- * says how much room it has for `stagedRoot`, counting what stageImage removes before it stages.
+ * says how much room it has for `stagedRoot`, counting what stageImage removes before it stages
+ * and the blobs it has cached already.
  */
 export async function stagingRoom(cfg: Config, stagedRoot: string): Promise<StagingRoom> {
   const room = await prepareStagingFs(cfg);
-  return { ...room, freeBytes: room.freeBytes + reclaimableStagingBytes(cfg.stagingDir, ['blobs', basename(stagedRoot)]) };
+  // Verified blobs already in the cache count too: they are part of what the check asks room
+  // for, so a rerun after a pull that filled the staging filesystem is not refused for them.
+  return { ...room, freeBytes: room.freeBytes + reclaimableStagingBytes(cfg.stagingDir, [basename(stagedRoot)]) };
 }
 
 /** A bootc image's identity and what bootc's rules changed, for the pull phase's facts. */

@@ -1,13 +1,14 @@
 // The space check before staging counts what the pull phase will reclaim: leftovers of an
-// interrupted run (`<digest>.unpacked`) and other images' trees, never the blob cache or the
-// tree of the image being staged. Found in the VM bed: a retry after a failed unpack on a live
+// interrupted run (`<digest>.unpacked`) and other images' trees, and the blobs it cached already
+// (part of what the check asks room for), never the tree of the image being staged. Found in the VM bed: a retry after a failed unpack on a live
 // ISO was refused for room the pull was about to free.
-import { linkSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { spaceShortfall } from '../src/pivot-rules.ts';
-import { reclaimableStagingBytes } from '../src/staging.ts';
+import { parseConfig } from '../src/config.ts';
+import { reclaimableStagingBytes, stagingRoom } from '../src/staging.ts';
 
 const MiB = 1024 ** 2;
 const DIGEST_HEX = 'a'.repeat(64);
@@ -42,5 +43,17 @@ describe('reclaimableStagingBytes', () => {
     const available = 1 * MiB;
     expect(spaceShortfall(available, 1 * MiB, 2)).toMatch(/^staging needs 2 MiB/);
     expect(spaceShortfall(available + reclaimableStagingBytes(dir, ['blobs', DIGEST_HEX]), 1 * MiB, 2)).toBeUndefined();
+  });
+
+  it('stagingRoom counts the verified blobs already cached: a rerun after a pull that filled the staging fs is not refused for them', async () => {
+    const cfg = parseConfig({ image: 'reg.example/node:1', stagingDir: dir, stagingTmpfs: 'off' }, 'test');
+    mkdirSync(join(dir, 'blobs'));
+    writeFileSync(join(dir, 'blobs', 'layer'), Buffer.alloc(64 * MiB, 1));
+    const room = (await stagingRoom(cfg, join(dir, DIGEST_HEX))).freeBytes;
+    const s = statfsSync(dir);
+    // The filesystem's free space, read right after, plus the cached 64 MiB (other tests may
+    // write to the same filesystem meanwhile, hence the slack).
+    expect(room - Number(s.bavail) * Number(s.bsize)).toBeGreaterThan(60 * MiB);
+    expect(room - Number(s.bavail) * Number(s.bsize)).toBeLessThan(70 * MiB);
   });
 });

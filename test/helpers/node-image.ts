@@ -19,7 +19,7 @@ export const PROBE_MARKER = '/var/lib/nip/probe-marker';
 export const NODE_USER = 'nipkube';
 
 type Entry =
-  | { type: 'file'; name: string; body: string; mode?: number }
+  | { type: 'file'; name: string; body: string | Buffer; mode?: number }
   | { type: 'dir'; name: string; mode?: number }
   | { type: 'symlink'; name: string; target: string };
 
