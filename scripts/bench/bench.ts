@@ -1,11 +1,14 @@
 // npm run bench [-- --quick] [--reps N] [--images ref,ref-x2,ref-zstd] [--variant NAME=BINARY]...
-//               [--binary dist/node-image-pivot] [--only a,b,c,d] [--state-file state.json] [--out FILE]
+//               [--binary dist/node-image-pivot] [--only a,b,c,d,staging] [--staging-rounds N]
+//               [--state-file state.json] [--out FILE]
 //
 // Generates the reference images (cached in .cache/bench, keyed by seed and spec), starts a
 // loopback docker-registry whose storage is on the staging tmpfs, pushes them, then runs the
 // contenders (see runners.ts) interleaved, REPS times each, every run into a fresh directory on
 // the tmpfs. Then the /etc merge, resolve, pivot-overhead and per-layer (layers.ts) numbers. Prints a ratio table and
 // writes bench/results/latest.json (full runs) or .cache/bench/quick.json (--quick).
+// The staging-modes case (staging-modes.ts: full and delta staging side by side in real pivots)
+// runs with the extras of a full run, or alone with --only staging (bench/results/staging-modes.json).
 // docs/benchmarks.md explains every number.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,6 +22,7 @@ import { cleanRunDir, exec, floor, pivotPull, podmanPull, skopeoUmoci, type Benc
 import { etcMergeBench, pivotOverhead, resolveBench } from './extras.ts';
 import { pivotStateFile } from './pivot-run.ts';
 import { summarise, printReport, type ToolStats } from './report.ts';
+import { stagingModesBench } from './staging-modes.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const { values } = parseArgs({
@@ -33,12 +37,14 @@ const { values } = parseArgs({
     stage: { type: 'string' },
     out: { type: 'string' },
     'no-extras': { type: 'boolean' },
+    'staging-rounds': { type: 'string' },
   },
 });
 const quick = values.quick === true;
 const reps = Number(values.reps ?? (quick ? 1 : 3));
 const imageNames = (values.images ?? (quick ? 'quick' : 'ref,ref-x2,ref-zstd')).split(',');
 const only = values.only?.split(',');
+const stagingRounds = Number(values['staging-rounds'] ?? 3);
 const cacheRoot = join(root, '.cache', 'bench');
 const say = (s: string): void => { process.stderr.write(`bench: ${s}\n`); };
 
@@ -57,6 +63,10 @@ function binaryPath(): string {
   return bin;
 }
 
+function gitCommit(): string {
+  return spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+}
+
 function have(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
 }
@@ -72,11 +82,32 @@ function machine(): Record<string, unknown> {
   };
 }
 
+/** Full and delta staging side by side; without the text, which is printed instead. */
+async function stagingModes(binary: string): Promise<Record<string, unknown>> {
+  try {
+    const { text, ...report } = await stagingModesBench({ rounds: stagingRounds, binary, cacheRoot, say });
+    process.stdout.write(`\n${text}`);
+    return report as unknown as Record<string, unknown>;
+  } catch (err) {
+    say(`staging modes: could not run (${(err as Error).message})`);
+    return { unavailable: (err as Error).message };
+  }
+}
+
 async function main(): Promise<void> {
   ensureTools();
   const binary = binaryPath();
+  if (only?.length === 1 && only[0] === 'staging') {
+    // The staging case alone: no contender table, no other extras, its own results file.
+    const report = { date: new Date().toISOString(), machine: machine(), binary: { path: binary.replace(`${root}/`, ''), commit: gitCommit() }, stagingModes: await stagingModes(binary) };
+    const out = values.out ?? join(root, 'bench', 'results', 'staging-modes.json');
+    mkdirSync(join(out, '..'), { recursive: true });
+    writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+    say(`wrote ${out.replace(`${root}/`, '')}`);
+    return;
+  }
   const version = (await exec([binary, '--version'])).stdout.trim();
-  const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).stdout.trim();
+  const commit = gitCommit();
   for (const t of ['docker-registry', 'gzip', 'tar']) if (!have(t)) throw new Error(`${t} is required (scripts/testbed/install-deps.sh)`);
 
   const generated: GeneratedImage[] = [];
@@ -175,6 +206,7 @@ async function main(): Promise<void> {
       }
       extras.pivot = pivotOverhead(stateFile);
       if (!quick) extras.layers = perLayerBench(binary, reps);
+      if (!quick && (!only || only.includes('staging'))) extras.stagingModes = await stagingModes(binary);
     }
 
     const report = {
