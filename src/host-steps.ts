@@ -8,7 +8,7 @@ import { log } from './log.ts';
 import type { PivotSteps, ResolvedImage } from './pivot-steps.ts';
 import { openImage, resolveComponent, type RegistryOptions } from './registry/index.ts';
 import { applyEtcMerge, formatPlan, pendingEtcJournals, planEtcMerge, recoverEtcJournal, summarizePlan } from './etc/index.ts';
-import { isUsrPivoted, mountStagedUsr } from './mount.ts';
+import { isUsrPivotedEitherMode, mountStagedUsr } from './mount.ts';
 import { ensureBootedUsr, releaseLeftoverMounts, type OwnMounts } from './mount-recovery.ts';
 import { readMountinfo } from './mountinfo.ts';
 import { etcLabels, labelStagedTree } from './selinux.ts';
@@ -102,7 +102,7 @@ export function hostSteps(): PivotSteps {
 
     label: (cfg, staged) => labelStagedTree({ stagedRoot: staged.root, setting: cfg.selinux, ...(staged.mode === 'delta' ? { deltaOver: ownMounts(cfg).bootedUsr } : {}) }),
     // Either mode: a rerun before pull does not know yet how the tree was staged.
-    usrIsPivotedTo: async (cfg, stagedRoot) => isUsrPivoted('/usr', stagedRoot) || isUsrPivoted('/usr', stagedRoot, 'overlay', ownMounts(cfg).bootedUsr),
+    usrIsPivotedTo: async (cfg, stagedRoot) => isUsrPivotedEitherMode('/usr', stagedRoot, ownMounts(cfg).bootedUsr),
 
     async mountUsr(cfg, staged) {
       const own = ownMounts(cfg);

@@ -355,6 +355,11 @@ export function isUsrPivoted(target: string, stagedRoot: string, mode: UsrMountM
   }
 }
 
+/** Does `target` show the staged tree, as a bind (full staging) or as a delta overlay over `bootedUsr`? */
+export function isUsrPivotedEitherMode(target: string, stagedRoot: string, bootedUsr: string): boolean {
+  return isUsrPivoted(target, stagedRoot) || isUsrPivoted(target, stagedRoot, 'overlay', bootedUsr);
+}
+
 /**
  * The pivot's mount phase in one call: plan from the disk, switch, and hand back the undo.
  * `facts` go to the state file.

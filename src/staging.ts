@@ -4,7 +4,7 @@ import { existsSync, lstatSync, readdirSync, realpathSync, renameSync, rmSync } 
 import { basename, join } from 'node:path';
 import type { Config } from './config.ts';
 import { PivotError } from './errors.ts';
-import { isUsrPivoted } from './mount.ts';
+import { isUsrPivotedEitherMode } from './mount.ts';
 import { deltaWriter, moveDeltaEtcDefaults, readStagingRecord, stagingFacts, writeStagingRecord } from './staging-delta.ts';
 import type { StagingChoice } from './staging-mode.ts';
 import { removeTreeWithinMount } from './mount-recovery.ts';
@@ -92,8 +92,7 @@ export async function stageImage(cfg: Config, image: ResolvedImage, registry: Re
   // A staged tree that /usr shows is the running system: never delete it, and do not stack
   // a second pivot on it (its /etc merge would take the first image's defaults for local
   // changes). Only a staged tree is named by a bare digest; `.unpacked`, `.mnt` are scratch.
-  const shown = (name: string): boolean => isUsrPivoted('/usr', join(cfg.stagingDir, name)) || isUsrPivoted('/usr', join(cfg.stagingDir, name), 'overlay', req.bootedUsr);
-  const live = others.find((name) => /^[0-9a-f]{64}$/.test(name) && shown(name));
+  const live = others.find((name) => /^[0-9a-f]{64}$/.test(name) && isUsrPivotedEitherMode('/usr', join(cfg.stagingDir, name), req.bootedUsr));
   if (live) {
     // A config error (exit 2, not retried): the config names an image this boot cannot take.
     throw new PivotError('config', `/usr already shows another node image (sha256:${live}) this boot`, {
