@@ -126,6 +126,11 @@ export function currentContext(): string | undefined {
 
 const EXEC_ATTR = '/proc/thread-self/attr/exec';
 
+/** The agent's own context when SELinux is on (selinuxfs mounted), else undefined. */
+export function ownDomainWhenSelinux(selinuxfs = SELINUX_FS): string | undefined {
+  return existsSync(join(selinuxfs, 'enforce')) ? currentContext() : undefined;
+}
+
 /**
  * Starts a helper in the agent's own domain instead of the one its file type transitions to.
  * mount(8) is mount_exec_t, and mount_t may only mount on mountpoint types (not on the
@@ -135,7 +140,7 @@ const EXEC_ATTR = '/proc/thread-self/attr/exec';
  * exec context is per thread and is cleared again right after.
  */
 export function spawnInOwnDomain<T>(spawn: () => T, selinuxfs = SELINUX_FS): T {
-  const self = existsSync(join(selinuxfs, 'enforce')) ? currentContext() : undefined;
+  const self = ownDomainWhenSelinux(selinuxfs);
   if (!self) return spawn();
   try {
     writeExecAttr(self);

@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { readMountinfo, topMountAt, type MountinfoEntry } from './mountinfo.ts';
+import { ownDomainWhenSelinux, spawnInOwnDomain } from './selinux-kernel.ts';
 
 export type StagingSetting = 'full' | 'delta' | 'auto';
 export type StagingMode = 'full' | 'delta';
@@ -66,20 +67,33 @@ export function chooseStaging(setting: StagingSetting, facts: RootFacts): { mode
 export type StackingProbe = { ok: true } | { ok: false; why: string };
 
 /**
+ * PURE: the trial mount's command line. Under SELinux, mount(8) would enter mount_t, which may
+ * mount only on mountpoint types, not on the probe's directory below the state directory; every
+ * other mount of the agent runs in its own domain (spawnInOwnDomain), but that exec context is
+ * spent on `unshare`'s exec, so `runcon` carries it to the `mount` that unshare execs.
+ */
+export function stackProbeArgv(lower: string, scratch: string, ownContext: string | undefined): string[] {
+  return [
+    'unshare', '-m', '--propagation', 'private',
+    ...(ownContext ? ['runcon', ownContext] : []),
+    'mount', '-t', 'overlay', '-o', `ro,lowerdir=${join(scratch, 'top')}:${lower}`, 'overlay', join(scratch, 'mnt'),
+  ];
+}
+
+/**
  * Asks the kernel whether an overlay with `lower` as its lowest layer can be mounted: on a live
  * root, / (and so the booted /usr) is already an overlay, and overlayfs refuses a stack deeper
  * than FILESYSTEM_MAX_STACK_DEPTH (2) with "maximum fs stacking depth exceeded" (systemd#40318:
  * composefs under a live overlay on 6.18). The trial mount lives in a private mount namespace
  * that ends with the `mount` process, so nothing of it is ever visible on the host.
  */
-export function probeOverlayStacking(lower: string, scratchParent: string): StackingProbe {
+export function probeOverlayStacking(lower: string, scratchParent: string, ownContext = ownDomainWhenSelinux()): StackingProbe {
   mkdirSync(scratchParent, { recursive: true });
   const scratch = mkdtempSync(join(scratchParent, 'stack-probe-'));
   try {
     for (const d of ['top', 'mnt']) mkdirSync(join(scratch, d));
-    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'mount', '-t', 'overlay', '-o', `ro,lowerdir=${join(scratch, 'top')}:${lower}`, 'overlay', join(scratch, 'mnt')], {
-      encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const [cmd, ...args] = stackProbeArgv(lower, scratch, ownContext);
+    const r = spawnInOwnDomain(() => spawnSync(cmd!, args, { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] }));
     if (r.status === 0) return { ok: true };
     const said = (r.stderr || r.error?.message || `exit ${String(r.status)}`).trim().split('\n')[0];
     return { ok: false, why: `the kernel refused an overlay over ${lower} (${said}); with / already an overlay this is usually "maximum fs stacking depth exceeded" (see dmesg)` };

@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseMountinfo } from '../../src/mountinfo.ts';
-import { chooseStaging, decideStaging, rootInRam, type RootFacts } from '../../src/staging-mode.ts';
+import { chooseStaging, decideStaging, probeOverlayStacking, rootInRam, stackProbeArgv, type RootFacts } from '../../src/staging-mode.ts';
 
 const line = (id: number, parent: number, mountPoint: string, fsType: string, superOptions = 'rw', source = 'none'): string =>
   `${id} ${parent} 0:${id} / ${mountPoint} rw,relatime shared:${id} - ${fsType} ${source} ${superOptions}`;
@@ -65,6 +65,16 @@ describe('chooseStaging / decideStaging', () => {
   });
 });
 
+describe('stackProbeArgv', () => {
+  it('mounts in the agent\'s own domain under SELinux (runcon inside unshare), plainly without', () => {
+    const ctx = 'system_u:system_r:initrc_t:s0';
+    const withSelinux = stackProbeArgv('/usr', '/run/p/stack-probe-x', ctx);
+    expect(withSelinux.slice(0, 7)).toEqual(['unshare', '-m', '--propagation', 'private', 'runcon', ctx, 'mount']);
+    expect(withSelinux.slice(7)).toEqual(['-t', 'overlay', '-o', 'ro,lowerdir=/run/p/stack-probe-x/top:/usr', 'overlay', '/run/p/stack-probe-x/mnt']);
+    expect(stackProbeArgv('/usr', '/s', undefined)).toEqual(['unshare', '-m', '--propagation', 'private', 'mount', '-t', 'overlay', '-o', 'ro,lowerdir=/s/top:/usr', 'overlay', '/s/mnt']);
+  });
+});
+
 const canUnshare = process.getuid?.() === 0 && spawnSync('unshare', ['-m', '--propagation', 'private', 'true']).status === 0;
 
 describe.skipIf(!canUnshare)('probeOverlayStacking (real overlayfs in unshare -m)', () => {
@@ -79,6 +89,18 @@ describe.skipIf(!canUnshare)('probeOverlayStacking (real overlayfs in unshare -m
       expect(report.depth2).toMatchObject({ ok: false, why: expect.stringMatching(/kernel refused an overlay over .*\/B/) });
       expect(report.scratchLeft).toEqual([]);
       expect(report.probeMounts).toEqual([]);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+
+  // On this SELinux-less host runcon cannot enter any context: the probe must say so and count as
+  // a refusal (auto falls back to full), not pass by skipping the trial mount.
+  it.skipIf(existsSync('/sys/fs/selinux/enforce'))('a trial mount that cannot start in the given domain is a refusal that names why', () => {
+    const base = mkdtempSync(join(tmpdir(), 'nip-stacking-'));
+    try {
+      const r = probeOverlayStacking('/usr', join(base, 'scratch'), 'system_u:system_r:initrc_t:s0');
+      expect(r).toMatchObject({ ok: false, why: expect.stringMatching(/kernel refused an overlay over \/usr \(runcon: /) });
     } finally {
       rmSync(base, { recursive: true, force: true });
     }
