@@ -296,12 +296,23 @@ export class DeltaTarget implements LayerTarget {
 
   /** After finish(): the overlay's view of the image (delta, minus whiteouts, plus skipped paths). */
   finishedReader(): TreeReader {
-    const shown = new Map<string, string[]>();
-    for (const [k, rec] of this.skipped) {
-      if (rec !== null) continue;
-      const i = k.lastIndexOf('/');
-      shown.set(k.slice(0, i), [...(shown.get(k.slice(0, i)) ?? []), k.slice(i + 1)]);
-    }
+    // Built on the first list(): most runs list nothing (no factory var in the image). One array
+    // per directory, appended to: copying it per name was quadratic in a directory's size, and
+    // its garbage was the agent's peak memory in the bench (tens of MiB for a big usr/lib).
+    let shown: Map<string, string[]> | undefined;
+    const shownIn = (dir: string): string[] => {
+      if (!shown) {
+        shown = new Map();
+        for (const [k, rec] of this.skipped) {
+          if (rec !== null) continue;
+          const i = k.lastIndexOf('/');
+          const names = shown.get(k.slice(0, i));
+          if (names) names.push(k.slice(i + 1));
+          else shown.set(k.slice(0, i), [k.slice(i + 1)]);
+        }
+      }
+      return shown.get(dir) ?? [];
+    };
     return {
       kind: (rel) => {
         const st = lstatSync(hostPath(this.root, rel), { throwIfNoEntry: false });
@@ -312,7 +323,7 @@ export class DeltaTarget implements LayerTarget {
       list: (rel) => [
         ...readdirSync(hostPath(this.root, rel), { withFileTypes: true })
           .filter((d) => !(d.isCharacterDevice() && isWhiteout(lstatSync(hostPath(this.root, `${rel}/${d.name}`))))).map((d) => d.name),
-        ...(shown.get(rel) ?? []),
+        ...shownIn(rel),
       ],
     };
   }
