@@ -2,7 +2,7 @@
 // pull around src/unpack/delta: the writer for the unpack, the /etc defaults of ostree images,
 // and the record a rerun reads to mount a reused tree the way it was staged.
 import { existsSync, lstatSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { PivotError, isErrno } from './errors.ts';
 import { DeltaTarget, type DeltaStats, type LayerTarget } from './unpack/index.ts';
 import { markOpaque } from './unpack/delta/overlay-marks.ts';
@@ -48,7 +48,7 @@ export function readStagingRecord(root: string): StagingRecord {
 }
 
 /** The writer for a delta unpack, and a way to read its counts once it is done. */
-export function deltaWriter(bootedUsr: string, opts: { allowDevices: boolean }): { targetAt: (dest: string) => LayerTarget; stats: () => DeltaStats | undefined } {
+export function deltaWriter(bootedUsr: string, opts: { allowDevices: boolean; preserve: readonly string[] }): { targetAt: (dest: string) => LayerTarget; stats: () => DeltaStats | undefined } {
   let target: DeltaTarget | undefined;
   return {
     targetAt: (dest) => {
@@ -58,6 +58,7 @@ export function deltaWriter(bootedUsr: string, opts: { allowDevices: boolean }):
         allowDevices: opts.allowDevices,
         isRoot: process.getuid?.() === 0,
         writeInFull: ['usr/etc'],
+        neverHide: opts.preserve.map((p) => posix.normalize(p).replace(/^\/+|\/+$/g, '')),
       });
       return target;
     },

@@ -111,7 +111,7 @@ export async function stageImage(cfg: Config, image: ResolvedImage, registry: Re
   // anything still mounted here is not ours to walk into.
   for (const name of others) removeTreeWithinMount(join(resolvedPath(cfg.stagingDir), name));
   const unpacked = `${root}.unpacked`;
-  const delta = choice.mode === 'delta' ? deltaWriter(req.bootedUsr, { allowDevices: cfg.allowDevices }) : undefined;
+  const delta = choice.mode === 'delta' ? deltaWriter(req.bootedUsr, { allowDevices: cfg.allowDevices, preserve: cfg.preserve }) : undefined;
   const summary = await pullToDest(image.pinned, unpacked, registry, {
     limits: cfg.limits,
     allowDevices: cfg.allowDevices,

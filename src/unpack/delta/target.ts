@@ -35,6 +35,13 @@ export interface DeltaTargetOptions extends Omit<DirectTargetOptions, 'wrapProbe
    * /etc merge reads the new defaults from the staged tree, so they must all be there).
    */
   writeInFull?: readonly string[];
+  /**
+   * Image paths (`usr/lib/modules`) never hidden by a whiteout where the image lacks them: the
+   * mount phase binds the booted path there (`preserve`), and a whiteout would leave the bind no
+   * mount point. The overlay shows the booted path through, as a full staging's empty mount point
+   * with the bind on it does.
+   */
+  neverHide?: readonly string[];
 }
 
 export interface DeltaStats {
@@ -351,7 +358,9 @@ export class DeltaTarget implements LayerTarget {
   finish(): void {
     const usr = lstatSync(hostPath(this.root, 'usr'), { throwIfNoEntry: false });
     if (usr?.isDirectory() && lstatSync(this.opts.bootedUsr, { throwIfNoEntry: false })?.isDirectory()) {
-      const skippedBelow = ancestorsOf([...this.skipped.keys()].filter((k) => k.startsWith('usr/')));
+      // A path never hidden counts as shown from the booted side, as a skipped one does.
+      const neverHide = new Set(this.opts.neverHide ?? []);
+      const skippedBelow = ancestorsOf([...this.skipped.keys(), ...neverHide].filter((k) => k.startsWith('usr/')));
       const whiteouts: string[] = [];
       const visit = (rel: string): void => {
         const children: ChildView[] = readdirSync(this.bootedPath(rel), { withFileTypes: true }).map((d) => {
@@ -361,7 +370,7 @@ export class DeltaTarget implements LayerTarget {
             name: d.name,
             delta: !st ? 'missing' : st.isDirectory() ? 'dir' : 'other',
             bootedDir: d.isDirectory(),
-            skipped: this.skipped.has(crel),
+            skipped: this.skipped.has(crel) || neverHide.has(crel),
           };
         });
         const plan = planDeltaDir(children, skippedBelow.has(rel));

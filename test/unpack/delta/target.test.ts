@@ -213,6 +213,21 @@ describe('DeltaTarget', () => {
     expect(shownFromBooted(join(delta, 'usr'), join(booted, 'usr')).map((x) => x.rel)).toEqual(['share/factory/var/lib/app/seed']);
   });
 
+  it('never hides a preserve path the image lacks: the booted one shows through for its bind', async () => {
+    mkdirSync(join(booted, 'usr/lib/modules/6.1.0-booted'), { recursive: true });
+    writeFileSync(join(booted, 'usr/lib/modules/6.1.0-booted/modules.dep'), 'dep');
+    mkdirSync(join(booted, 'usr/lib/other'), { recursive: true });
+    // bootedBefore in afterEach covers the tree as the test found it.
+    bootedBefore = treeDigest(booted).digest;
+    const t = target({ neverHide: ['usr/lib/modules'] });
+    await unpackLayers(delta, [layer(image().dir('usr/lib').file('usr/bin/same', 'same'))], options({ target: t }));
+    const whiteout = (rel: string): boolean => lstatSync(join(delta, rel), { throwIfNoEntry: false })?.isCharacterDevice() === true;
+    expect(has('usr/lib/modules')).toBe(false);
+    // What is not preserved is still hidden.
+    expect(whiteout('usr/lib/other')).toBe(true);
+    expect(whiteout('usr/bin/gone')).toBe(true);
+  });
+
   it('refuses a missing booted /usr with a clear error', () => {
     const e = thrown(() => target({ bootedUsr: join(base, 'nope') }));
     expect(e).toBeInstanceOf(PivotError);
