@@ -231,7 +231,8 @@ export class DeltaTarget implements LayerTarget {
         v = sameContent(from, booted) ? { kind: 'same' } : { kind: 'differs', why: 'content' };
       }
       if (v.kind === 'same') {
-        this.skip(rel, null, facts.size);
+        // No bytes: the unpack counts a link's content once, at its target (expandedBytes).
+        this.skip(rel, null, 0);
         return 'hardlink';
       }
     }

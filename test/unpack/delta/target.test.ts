@@ -100,6 +100,15 @@ describe('DeltaTarget', () => {
     expect(t.stats.materialized).toBe(1);
   });
 
+  it('counts a skipped hardlink\'s content once: expanded minus skipped bytes is what the delta holds', async () => {
+    linkSync(join(booted, 'usr/bin/big'), join(booted, 'usr/bin/big-hl'));
+    bootedBefore = treeDigest(booted).digest;
+    const t = target();
+    const s = await unpackLayers(delta, [layer(image().file('usr/bin/big', bytes(700_000, 1)).hardlink('usr/bin/big-hl', 'usr/bin/big').file('usr/bin/new', 'new'))], options({ target: t }));
+    expect(t.stats).toMatchObject({ skipped: 2, skippedBytes: 700_000 });
+    expect(s.expandedBytes - t.stats.skippedBytes).toBe(3);
+  });
+
   it('an opaque whiteout after a same-layer file below a lower directory removes that file too, as DirectTarget does', async () => {
     mkdirSync(join(booted, 'usr/d/sub'), { recursive: true });
     writeFileSync(join(booted, 'usr/d/sub/f'), 'booted');
