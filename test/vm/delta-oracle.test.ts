@@ -1,0 +1,183 @@
+// Delta staging's correctness under enforcing (issue 14, the VM case), on one live VM and two
+// boots: the first pivots with `staging: "auto"` (delta: the root is in RAM), the reboot brings
+// the VM back on the boot image, and the second pivots with the bed's `staging: "full"`. /usr
+// after each must be the same tree, down to every xattr including security.selinux
+// (fixtures/usr-digest.py). On each boot, new ELFs of the node image (in a delta: the overlay's
+// top layer, whose files overlayfs opened with the agent's credentials) run from confined
+// domains: the kubelet stand-in's nipkubelet_t, systemd_networkd_t (base policy, may use
+// initrc_t's fds) and chkpwd_t (base policy, may use init_t's fds but not initrc_t's).
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bootVm, type Vm } from './helpers/vm.ts';
+import { KUBELET_MARKER, NEW_CHKPWD_ELF, NEW_ELF, NODE_VERSION_FILE } from './fixtures/node-image.ts';
+import { installIgnition, registriesConf, registryPort, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
+import { AGENT, oomKills, PIVOT_DEADLINE_MS, phaseFacts, phaseTimes, pivotState } from './fixtures/pivot-checks.ts';
+
+const DIGEST_SCRIPT = readFileSync(join(import.meta.dirname, 'fixtures/usr-digest.py'), 'utf8');
+const AUTO_CONFIG = '/etc/nip-vm/auto.json';
+/** Denials of the ELFs' runs: by their names or by the confined domains they ran in. */
+const ELF_DENIAL = /comm="(nip-true|unix_verify|kubelet)"|scontext=\S*:(chkpwd_t|systemd_networkd_t|nipkubelet_t):/;
+
+let fx: VmPivotFixture;
+let vm: Vm;
+let deltaListing = '';
+
+interface ElfRuns { kubelet: string; networkd: number; chkpwd: number; denials: string[]; harness: string[] }
+/** vm.exec's stdio files (var_lib_t) that a confined domain may not read or append: the bed's, not the pivot's. */
+const HARNESS_STDIO = /path="\/var\/lib\/nip-vm-agent\/req\.[^/"]+\/std(in|out|err)"/;
+let deltaRuns: ElfRuns | undefined;
+
+async function pivot(args: string[]): Promise<{ mode: string; reason: string }> {
+  const r = await vm.exec([AGENT, 'run', '--no-isolate', ...args], { timeoutMs: PIVOT_DEADLINE_MS });
+  const s = await pivotState(vm);
+  expect(r.exitCode, `${r.stderr.split('\n').slice(-30).join('\n')}\n${JSON.stringify(s).slice(0, 1500)}`).toBe(0);
+  const pull = phaseFacts(s, 'pull') as { stagingMode: string; stagingModeReason: string; stagingUsedBytes: number; peakRssBytes: number; delta?: unknown };
+  process.stderr.write(`vm delta-oracle: ${phaseTimes(s)}; staging ${pull.stagingMode} (${pull.stagingModeReason}), ${(pull.stagingUsedBytes / 2 ** 20).toFixed(0)} MiB used, `
+    + `agent peak RSS ${(pull.peakRssBytes / 2 ** 20).toFixed(0)} MiB${pull.delta ? `, delta ${JSON.stringify(pull.delta)}` : ''}\n`);
+  expect((await vm.sh(`cat ${NODE_VERSION_FILE}`)).stdout).toMatch(/^4\.20\.0-vm-module/);
+  return { mode: pull.stagingMode, reason: pull.stagingModeReason };
+}
+
+/** The digest listing of the guest's /usr (fixtures/usr-digest.py), fetched compressed. */
+async function usrListing(): Promise<string> {
+  const t0 = performance.now();
+  const w = await vm.sh('python3 - /usr > /run/nip-usr.list', { input: DIGEST_SCRIPT, timeoutMs: 1_500_000 });
+  expect(w.exitCode, w.stderr).toBe(0);
+  const r = await vm.sh('gzip -c /run/nip-usr.list | base64 -w0', { timeoutMs: 300_000 });
+  const text = gunzipSync(Buffer.from(r.stdout.trim(), 'base64')).toString('utf8');
+  process.stderr.write(`vm delta-oracle: /usr listing of ${text.split('\n').length - 1} paths in ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+  return text;
+}
+
+/** Runs the node image's new ELFs from the confined domains; the denials they added. */
+async function runElfs(): Promise<ElfRuns> {
+  const before = new Set(await vm.audit());
+  const k = await vm.exec(['systemctl', 'start', 'kubelet.service'], { timeoutMs: 600_000 });
+  expect(k.exitCode, k.stderr).toBe(0);
+  const kubelet = (await vm.sh(`cat ${KUBELET_MARKER}.elf ${KUBELET_MARKER} | tr -d '\\0'`)).stdout.trim().replace(/\n/g, ' ');
+  const networkd = (await vm.exec([NEW_ELF], { properties: ['SELinuxContext=system_u:system_r:systemd_networkd_t:s0'] })).exitCode;
+  // PID 1 (init_t) executing a chkpwd_exec_t file transitions to chkpwd_t by the policy's rule.
+  const chkpwd = (await vm.exec([NEW_CHKPWD_ELF])).exitCode;
+  const added = (await vm.audit()).filter((l) => !before.has(l) && /avc:\s+denied/.test(l) && ELF_DENIAL.test(l));
+  return { kubelet, networkd, chkpwd, denials: added.filter((l) => !HARNESS_STDIO.test(l)), harness: added.filter((l) => HARNESS_STDIO.test(l)) };
+}
+
+function report(mode: string, r: ElfRuns): void {
+  process.stderr.write(`vm delta-oracle (${mode}): kubelet stand-in ran ${NEW_ELF}: exit+context ${r.kubelet}; systemd_networkd_t ${NEW_ELF}: exit ${r.networkd}; `
+    + `chkpwd_t ${NEW_CHKPWD_ELF}: exit ${r.chkpwd}; denials:${r.denials.length ? `\n  ${r.denials.join('\n  ')}` : ' none'}\n`
+    + `  (and ${r.harness.length} of vm.exec's stdio files, not counted)\n`);
+}
+
+beforeAll(async () => {
+  fx = await setUpVmPivot(['module']);
+  vm = await bootVm({
+    name: 'delta-oracle', memoryMiB: 3072, allowReboot: true,
+    forwards: [{ guestPort: 5000, hostPort: registryPort(fx.registry) }],
+    provision: {
+      // Service mode without its unit enabled: each boot pivots when the test runs the agent.
+      // The installed config is the bed's (full); the delta boot names the auto one.
+      ignition: [{ ...installIgnition(fx.workDir, { image: fx.guestRef('module') }, { generator: false }), systemd: { units: [] } }],
+      files: [registriesConf(), { path: AUTO_CONFIG, contents: JSON.stringify({ image: fx.guestRef('module') }) }],
+      selinuxBooleans: { allow_execmem: true },
+    },
+  });
+  await vm.waitForUnit('multi-user.target', 'active', 600_000);
+});
+
+afterAll(async () => {
+  await vm?.dispose();
+  await fx?.cleanup();
+});
+
+describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs run from confined domains', () => {
+  it('boot 1: "auto" stages a delta (no fallback) and mounts the overlay; /usr is listed', async () => {
+    const m = await pivot(['--config', AUTO_CONFIG]);
+    expect(m.mode).toBe('delta');
+    expect(m.reason).toMatch(/^staging "auto": the root lives in RAM \(/);
+    expect(m.reason).not.toMatch(/falling back/);
+    expect((await vm.sh('findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1')).stdout).toMatch(/^overlay .*lowerdir=.*\/usr:\/run\/node-image-pivot\/booted-usr/);
+    deltaListing = await usrListing();
+    expect(deltaListing).toMatch(/^\/bin\/nip-true\t.*security\.selinux=/m);
+  }, PIVOT_DEADLINE_MS + 1_500_000);
+
+  it('boot 1 (delta): the new ELF runs from nipkubelet_t and systemd_networkd_t (both may use initrc_t\'s fds)', async () => {
+    deltaRuns = await runElfs();
+    report('delta', deltaRuns);
+    expect(deltaRuns.kubelet).toBe('0 system_u:system_r:nipkubelet_t:s0');
+    expect(deltaRuns.networkd).toBe(0);
+    expect(deltaRuns.denials.filter((l) => !/scontext=\S*:chkpwd_t:/.test(l))).toEqual([]);
+  }, 900_000);
+
+  // KNOWN FAILURE, kept visible (it.fails: this turns red once it passes). On Linux 6.1 an
+  // mmap'd overlay file's vma maps the top layer's real file, opened by overlayfs with the
+  // mounter's credentials (the agent: initrc_t); ld.so's RELRO mprotect is then checked as
+  // `fd use` on initrc_t, which chkpwd_t may not: exit 127 and
+  // `denied { use } ... comm="unix_verify" path="/usr/sbin/unix_verify" dev="tmpfs" ... tcontext=...:initrc_t:s0 tclass=fd`.
+  // The next test shows the same delta mounted by init_t runs it.
+  it.fails('boot 1 (delta): KNOWN FAILURE: chkpwd_t cannot run a new ELF of the delta (fd use on the mounter, initrc_t)', () => {
+    expect(deltaRuns).toBeDefined();
+    expect(deltaRuns!.chkpwd).toBe(0);
+    expect(deltaRuns!.denials.filter((l) => /scontext=\S*:chkpwd_t:/.test(l))).toEqual([]);
+  });
+
+  // Who mounts the overlay decides whose fds a confined process must be allowed to use. The
+  // delta's top again, as a second overlay mounted once by PID 1's own domain (init_t, which
+  // SELinuxContext= keeps: an exec into the current domain needs no transition) and once the
+  // agent's way (its own domain, initrc_t); chkpwd_t runs the new ELF through each.
+  it('the same delta mounted by init_t (PID 1\'s domain) runs the ELF from chkpwd_t; mounted by initrc_t it does not', async () => {
+    const top = (await vm.sh("findmnt -n -o OPTIONS /usr | tail -n 1 | tr ',' '\\n' | sed -n 's/^lowerdir=\\([^:]*\\):.*/\\1/p'")).stdout.trim();
+    expect(top).toMatch(/^\/run\/node-image-pivot\/staging\/.*\/usr$/);
+    const opts = `ro,lowerdir=${top}:/run/node-image-pivot/booted-usr`;
+    // Below /var: /run is noexec.
+    expect((await vm.sh('mkdir -p /var/lib/nip-exp/init /var/lib/nip-exp/agent')).exitCode).toBe(0);
+    const before = new Set(await vm.audit());
+    const byInit = await vm.exec(['mount', '-t', 'overlay', '-o', opts, 'overlay', '/var/lib/nip-exp/init'], { properties: ['SELinuxContext=system_u:system_r:init_t:s0'] });
+    const byAgent = await vm.sh(`runcon "$(tr -d '\\0' < /proc/self/attr/current)" mount -t overlay -o ${opts} overlay /var/lib/nip-exp/agent`);
+    const viaInit = (await vm.exec([`/var/lib/nip-exp/init${NEW_CHKPWD_ELF.slice('/usr'.length)}`])).exitCode;
+    const viaAgent = (await vm.exec([`/var/lib/nip-exp/agent${NEW_CHKPWD_ELF.slice('/usr'.length)}`])).exitCode;
+    const denials = (await vm.audit()).filter((l) => !before.has(l) && /avc:\s+denied/.test(l) && !HARNESS_STDIO.test(l));
+    process.stderr.write(`vm delta-oracle experiment: mount as init_t exit ${byInit.exitCode} ${byInit.stderr.trim()}; as the agent exit ${byAgent.exitCode} ${byAgent.stderr.trim()}; `
+      + `chkpwd_t ${NEW_CHKPWD_ELF} via init_t's overlay exit ${viaInit}, via the agent's exit ${viaAgent}; denials:${denials.length ? `\n  ${denials.join('\n  ')}` : ' none'}\n`);
+    await vm.sh('umount /var/lib/nip-exp/init /var/lib/nip-exp/agent');
+    expect(byInit.exitCode).toBe(0);
+    expect(viaInit).toBe(0);
+    expect(byAgent.exitCode).toBe(0);
+    // ld.so gives up on the RELRO mprotect (exit 127 in one run, 1 through this second mount in another)
+    expect(viaAgent).not.toBe(0);
+    expect(denials).toEqual([expect.stringMatching(/denied\s+\{ use \} .*path="\/var\/lib\/nip-exp\/agent\/sbin\/unix_verify" .*scontext=\S*:chkpwd_t:s0 tcontext=\S*:initrc_t:s0 tclass=fd/)]);
+  }, 900_000);
+
+  it('boot 2: the bed\'s "full" pivots the same image, and /usr is the same tree, labels included', async () => {
+    expect(deltaListing).not.toBe('');
+    await vm.reboot();
+    expect((await vm.sh('getenforce')).stdout.trim()).toBe('Enforcing');
+    const m = await pivot([]);
+    expect(m.mode).toBe('full');
+    expect((await vm.sh('findmnt -n -o FSTYPE /usr | tail -n 1')).stdout.trim()).not.toBe('overlay');
+    const fullListing = await usrListing();
+    if (fullListing !== deltaListing) {
+      const a = new Set(deltaListing.split('\n'));
+      const b = new Set(fullListing.split('\n'));
+      const onlyDelta = [...a].filter((l) => !b.has(l));
+      const onlyFull = [...b].filter((l) => !a.has(l));
+      writeFileSync(join(fx.workDir, '..', `nip-usr-delta-${process.pid}.list`), deltaListing);
+      writeFileSync(join(fx.workDir, '..', `nip-usr-full-${process.pid}.list`), fullListing);
+      process.stderr.write(`vm delta-oracle: listings differ: ${onlyDelta.length} lines only in delta, ${onlyFull.length} only in full; first:\n`
+        + `  delta: ${onlyDelta.slice(0, 15).join('\n  delta: ')}\n  full:  ${onlyFull.slice(0, 15).join('\n  full:  ')}\n`);
+    }
+    expect(fullListing.split('\n').length).toBe(deltaListing.split('\n').length);
+    expect(fullListing === deltaListing, 'the /usr listings after delta and after full differ (see the test log)').toBe(true);
+    expect(await oomKills(vm)).toBe('');
+  }, PIVOT_DEADLINE_MS + 2_400_000);
+
+  it('boot 2 (full, the control): the same ELFs from the same domains', async () => {
+    const r = await runElfs();
+    report('full', r);
+    expect(r.kubelet).toBe('0 system_u:system_r:nipkubelet_t:s0');
+    expect(r.networkd).toBe(0);
+    expect(r.chkpwd).toBe(0);
+    expect(r.denials).toEqual([]);
+  }, 900_000);
+});
