@@ -8,18 +8,15 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bootVm, type Vm } from './helpers/vm.ts';
+import type { Vm } from './helpers/vm.ts';
 import { KUBELET_MARKER, NEW_ELF, NODE_VERSION_FILE } from './fixtures/node-image.ts';
-import { installIgnition, registriesConf, registryPort, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
+import { bootIdleGuest, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
 import {
-  AGENT, expectAllOld, expectPivotedUnderNewPolicy, oomKills, PIVOT_DEADLINE_MS, phaseFacts, phaseTimes, pivotState, uptimeSeconds,
+  AGENT, expectAllOld, expectPivotedUnderNewPolicy, oomKills, PEAK_RSS_PY, PIVOT_DEADLINE_MS, phaseFacts, phaseTimes, pivotState, uptimeSeconds,
 } from './fixtures/pivot-checks.ts';
 
 const MEMORY_MIB = 1024;
 const CONFIG = '/etc/node-image-pivot/config.json';
-// Runs argv as a child and prints its exit code and peak RSS (KiB) on the last line: the agent's
-// own VmHWM is gone once it exits.
-const PEAK_RSS = 'import resource,subprocess,sys\nr=subprocess.run(sys.argv[1:])\nprint("exit", r.returncode, "maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)';
 const MIB = 2 ** 20;
 const mib = (n: number): string => `${(n / MIB).toFixed(0)} MiB`;
 
@@ -36,7 +33,7 @@ function layoutCompressedBytes(layoutDir: string, manifestDigest: string): numbe
 }
 
 async function runAgent(): Promise<{ exitCode: number; peakRssKiB: number; out: string }> {
-  const r = await vm.exec(['python3', '-c', PEAK_RSS, AGENT, 'run', '--no-isolate'], { timeoutMs: PIVOT_DEADLINE_MS });
+  const r = await vm.exec(['python3', '-c', PEAK_RSS_PY, AGENT, 'run', '--no-isolate'], { timeoutMs: PIVOT_DEADLINE_MS });
   const m = /exit (-?\d+) maxrss_kib (\d+)\n$/.exec(r.stdout);
   expect(m, `${r.stdout}\n${r.stderr}`).not.toBeNull();
   return { exitCode: Number(m![1]), peakRssKiB: Number(m![2]), out: `${r.stdout}\n${r.stderr}` };
@@ -50,17 +47,7 @@ async function writeConfig(config: Record<string, unknown>): Promise<void> {
 beforeAll(async () => {
   fx = await setUpVmPivot(['module']);
   compressedBytes = layoutCompressedBytes(join(fx.workDir, 'layout-module'), fx.images.module.manifestDigest);
-  vm = await bootVm({
-    name: 'delta-ram', memoryMiB: MEMORY_MIB,
-    forwards: [{ guestPort: 5000, hostPort: registryPort(fx.registry) }],
-    provision: {
-      // Service mode without its unit enabled: nothing pivots until the test runs the agent.
-      ignition: [{ ...installIgnition(fx.workDir, { image: fx.guestRef('module') }, { generator: false }), systemd: { units: [] } }],
-      files: [registriesConf()],
-      selinuxBooleans: { allow_execmem: true },
-    },
-  });
-  await vm.waitForUnit('multi-user.target', 'active', 600_000);
+  vm = await bootIdleGuest(fx, 'delta-ram', MEMORY_MIB);
 });
 
 afterAll(async () => {

@@ -3,32 +3,19 @@
 // refuses with the numbers (exit 9) before anything changes, and the OOM killer never ends the
 // agent. (The case with enough RAM, where /run alone would be too small: pivot-service.test.ts.)
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bootVm, type Vm } from './helpers/vm.ts';
+import type { Vm } from './helpers/vm.ts';
 import { NODE_VERSION_FILE } from './fixtures/node-image.ts';
-import { installIgnition, registriesConf, registryPort, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
-import { AGENT, oomKills, pivotState } from './fixtures/pivot-checks.ts';
+import { bootIdleGuest, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
+import { AGENT, oomKills, PEAK_RSS_PY, pivotState } from './fixtures/pivot-checks.ts';
 
 const MEMORY_MIB = 1280;
-// Runs argv as a child and prints its exit code and peak RSS (KiB) on the last line: the agent's
-// own VmHWM is gone once it exits, and the guest has python3 (setools needs it).
-const PEAK_RSS = 'import resource,subprocess,sys\nr=subprocess.run(sys.argv[1:])\nprint("exit", r.returncode, "maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)';
 
 let fx: VmPivotFixture;
 let vm: Vm;
 
 beforeAll(async () => {
   fx = await setUpVmPivot(['module']);
-  vm = await bootVm({
-    name: 'ram', memoryMiB: MEMORY_MIB,
-    forwards: [{ guestPort: 5000, hostPort: registryPort(fx.registry) }],
-    provision: {
-      // Service mode without its unit enabled: nothing pivots until the test runs the agent.
-      ignition: [{ ...installIgnition(fx.workDir, { image: fx.guestRef('module') }, { generator: false }), systemd: { units: [] } }],
-      files: [registriesConf()],
-      selinuxBooleans: { allow_execmem: true },
-    },
-  });
-  await vm.waitForUnit('multi-user.target', 'active', 600_000);
+  vm = await bootIdleGuest(fx, 'ram', MEMORY_MIB);
 });
 
 afterAll(async () => {
@@ -46,7 +33,7 @@ describe('vm: staging in RAM, too little of it', () => {
   });
 
   it('the preflight refuses with the numbers before anything changes, and the OOM killer stays away', async () => {
-    const r = await vm.exec(['python3', '-c', PEAK_RSS, AGENT, 'run', '--no-isolate'], { timeoutMs: 1_500_000 });
+    const r = await vm.exec(['python3', '-c', PEAK_RSS_PY, AGENT, 'run', '--no-isolate'], { timeoutMs: 1_500_000 });
     const m = /exit (-?\d+) maxrss_kib (\d+)\n$/.exec(r.stdout);
     expect(m, `${r.stdout}\n${r.stderr}`).not.toBeNull();
     expect(Number(m![1]), r.stderr).toBe(9);
