@@ -2,8 +2,9 @@
 // pull around src/unpack/delta: the writer for the unpack, the /etc defaults of ostree images,
 // and the record a rerun reads to mount a reused tree the way it was staged.
 import { existsSync, lstatSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join, posix } from 'node:path';
+import { join } from 'node:path';
 import { PivotError, isErrno } from './errors.ts';
+import { usrRelative } from './mount.ts';
 import { DeltaTarget, type DeltaStats, type LayerTarget } from './unpack/index.ts';
 import { markOpaque } from './unpack/delta/overlay-marks.ts';
 import type { StagingChoice, StagingMode } from './staging-mode.ts';
@@ -58,7 +59,8 @@ export function deltaWriter(bootedUsr: string, opts: { allowDevices: boolean; pr
         allowDevices: opts.allowDevices,
         isRoot: process.getuid?.() === 0,
         writeInFull: ['usr/etc'],
-        neverHide: opts.preserve.map((p) => posix.normalize(p).replace(/^\/+|\/+$/g, '')),
+        // The same paths, read the same way, as the mount plan's preserved binds.
+        neverHide: opts.preserve.map((p) => `usr/${usrRelative(p)}`),
       });
       return target;
     },
