@@ -12,8 +12,9 @@ import { DEFAULT_PRESERVE } from './config.ts';
 import { PivotError, isErrno } from './errors.ts';
 import { failpointAsync } from './failpoints.ts';
 import { log } from './log.ts';
+import { initDomainWhenSelinux, ownDomainWhenSelinux } from './selinux-kernel.ts';
 import { accessFlags, mountHolding, readMountinfo, topMountAt, type MountAccessFlags } from './mountinfo.ts';
-import { runOp, type MountOp } from './mount-ops.ts';
+import { OVERLAY_MOUNT_UNIT, runOp, type MountOp } from './mount-ops.ts';
 
 /** 'bind' shows the staged usr alone; 'overlay' stacks it as a delta over the booted /usr. */
 export type UsrMountMode = 'bind' | 'overlay';
@@ -30,6 +31,8 @@ export interface UsrMountInput {
   lower?: string;
   /** A scratch directory for the private assembly mount; default `<stagedRoot>.mnt`. */
   workDir?: string;
+  /** overlay: PID 1's SELinux context, to mount the overlay in (mount-ops.ts OverlayMounter); default the agent's own. */
+  overlayMounterContext?: string;
 }
 
 export type PathKind = 'dir' | 'file' | 'symlink' | 'other' | 'missing';
@@ -213,7 +216,8 @@ export function planUsrMount(input: UsrMountInput, facts: PathFacts, usrAccess: 
     { op: 'make-private', target: workDir },
     mode === 'bind'
       ? { op: 'bind', source: stagedUsr, target: assembled }
-      : { op: 'overlay', lowerdirs: [stagedUsr, lower], target: assembled },
+      : { op: 'overlay', lowerdirs: [stagedUsr, lower], target: assembled,
+        ...(input.overlayMounterContext ? { mounter: { context: input.overlayMounterContext, unit: OVERLAY_MOUNT_UNIT } } : {}) },
     // A bind of a shared mount joins its peer group; private, the preserved binds below it do not
     // propagate back into the staging tree or anywhere else before the switch.
     { op: 'make-private', target: assembled },
@@ -360,17 +364,28 @@ export function isUsrPivotedEitherMode(target: string, stagedRoot: string, boote
   return isUsrPivoted(target, stagedRoot) || isUsrPivoted(target, stagedRoot, 'overlay', bootedUsr);
 }
 
+/** PID 1's context for a delta's overlay under SELinux (mount-ops.ts OverlayMounter says why). */
+function overlayMounterContext(): string | undefined {
+  const init = initDomainWhenSelinux();
+  if (!init && ownDomainWhenSelinux()) {
+    log().warn({ phase: 'mount' }, 'SELinux is on but PID 1\'s context or mount namespace cannot be read, so the agent mounts the overlay itself; '
+      + 'confined domains (chkpwd_t) may then be denied the ELFs of the delta (fd use)');
+  }
+  return init;
+}
+
 /**
  * The pivot's mount phase in one call: plan from the disk, switch, and hand back the undo.
  * `facts` go to the state file.
  */
 export async function mountStagedUsr(input: UsrMountInput): Promise<{ undo(): Promise<void>; facts: Record<string, unknown> }> {
-  const plan = planUsrMount(input, probePathFacts(input), probeUsrAccess(input.target));
+  const mounter = input.overlayMounterContext ?? (input.mode === 'overlay' ? overlayMounterContext() : undefined);
+  const plan = planUsrMount(mounter ? { ...input, overlayMounterContext: mounter } : input, probePathFacts(input), probeUsrAccess(input.target));
   const result = await applyUsrMount(plan);
   return {
     undo: async () => {
       await undoUsrMount(result);
     },
-    facts: { target: plan.target, mode: plan.mode, ...(plan.mode === 'overlay' ? { lowerdirs: [plan.stagedUsr, plan.lower] } : {}), preserved: plan.preserved.map((p) => p.path), warnings: plan.warnings },
+    facts: { target: plan.target, mode: plan.mode, ...(plan.mode === 'overlay' ? { lowerdirs: [plan.stagedUsr, plan.lower], overlayMounter: mounter ?? 'agent' } : {}), preserved: plan.preserved.map((p) => p.path), warnings: plan.warnings },
   };
 }

@@ -4,7 +4,7 @@
 //   - load a binary policy: one write(2) of the whole image to `load`;
 //   - ask the loaded policy what a helper would be allowed before running it: `create` computes
 //     the domain an exec transitions to, `access` the permissions between two contexts.
-import { closeSync, constants, existsSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PivotError, isErrno } from './errors.ts';
 
@@ -125,6 +125,21 @@ export function currentContext(): string | undefined {
 }
 
 const EXEC_ATTR = '/proc/thread-self/attr/exec';
+
+/**
+ * PID 1's context when SELinux is on and the agent shares PID 1's mount namespace, else
+ * undefined. A mount that PID 1 makes lands in PID 1's namespace, so the agent may hand it one
+ * only when that namespace is its own.
+ */
+export function initDomainWhenSelinux(selinuxfs = SELINUX_FS): string | undefined {
+  if (!ownDomainWhenSelinux(selinuxfs)) return undefined;
+  try {
+    if (statSync('/proc/1/ns/mnt').ino !== statSync('/proc/self/ns/mnt').ino) return undefined;
+    return readFileSync('/proc/1/attr/current', 'utf8').replace(/\0/g, '').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The agent's own context when SELinux is on (selinuxfs mounted), else undefined. */
 export function ownDomainWhenSelinux(selinuxfs = SELINUX_FS): string | undefined {

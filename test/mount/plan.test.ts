@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { mountArgv, planUsrMount, usrRelative, type PathFacts } from '../../src/mount.ts';
+import { OVERLAY_MOUNT_UNIT } from '../../src/mount-ops.ts';
 import { parseMountinfo, topMountAt } from '../../src/mountinfo.ts';
 import { PivotError } from '../../src/errors.ts';
 import { thrown } from '../helpers/thrown.ts';
@@ -106,6 +107,15 @@ describe('planUsrMount', () => {
     expect(thrown(() => planUsrMount({ stagedRoot: '/run/a:b', mode: 'overlay' }, { '/run/a:b/usr': 'dir', '/usr': 'dir' })).message)
       .toMatch(/cannot contain/);
   });
+
+  it('overlay mode hands the overlay to PID 1\'s context when one is given; a bind never is', () => {
+    const facts: PathFacts = { [`${S}/usr`]: 'dir', '/usr': 'dir' };
+    const ctx = 'system_u:system_r:init_t:s0';
+    const overlay = planUsrMount({ stagedRoot: S, mode: 'overlay', overlayMounterContext: ctx }, facts).prepare.find((o) => o.op === 'overlay');
+    expect(overlay).toEqual({ op: 'overlay', lowerdirs: [`${S}/usr`, '/usr'], target: `${S}.mnt/usr`, mounter: { context: ctx, unit: OVERLAY_MOUNT_UNIT } });
+    const bind = planUsrMount({ stagedRoot: S, overlayMounterContext: ctx }, { ...facts, '/usr/lib/modules': 'dir' });
+    expect(JSON.stringify(bind.prepare)).not.toContain(ctx);
+  });
 });
 
 describe('mountArgv', () => {
@@ -121,6 +131,10 @@ describe('mountArgv', () => {
     expect(mountArgv({ op: 'move', source: '/w/usr', target: '/usr' })).toEqual(['mount', ['--move', '/w/usr', '/usr']]);
     expect(mountArgv({ op: 'overlay', lowerdirs: ['/d', '/usr'], target: '/w/usr' }))
       .toEqual(['mount', ['-t', 'overlay', 'overlay', '-o', 'ro,lowerdir=/d:/usr', '/w/usr']]);
+    // PID 1 mounts it (transient unit, its own domain kept); mount's argv is the same after `--`.
+    expect(mountArgv({ op: 'overlay', lowerdirs: ['/d', '/usr'], target: '/w/usr', mounter: { context: 'u:r:init_t:s0', unit: 'nip-o.service' } }))
+      .toEqual(['systemd-run', ['--wait', '--collect', '--service-type=exec', '--unit=nip-o.service', '--property=DefaultDependencies=no',
+        '--property=SELinuxContext=u:r:init_t:s0', '--', 'mount', '-t', 'overlay', 'overlay', '-o', 'ro,lowerdir=/d:/usr', '/w/usr']]);
     expect(mountArgv({ op: 'umount', target: '/usr', recursive: true, lazy: true })).toEqual(['umount', ['--recursive', '--lazy', '/usr']]);
     expect(mountArgv({ op: 'mkdir', path: '/x' })).toBeUndefined();
   });

@@ -3,9 +3,10 @@
 // the VM back on the boot image, and the second pivots with the bed's `staging: "full"`. /usr
 // after each must be the same tree, down to every xattr including security.selinux
 // (fixtures/usr-digest.py). On each boot, new ELFs of the node image (in a delta: the overlay's
-// top layer, whose files overlayfs opened with the agent's credentials) run from confined
+// top layer, whose files overlayfs opens with the mounter's credentials) run from confined
 // domains: the kubelet stand-in's nipkubelet_t, systemd_networkd_t (base policy, may use
-// initrc_t's fds) and chkpwd_t (base policy, may use init_t's fds but not initrc_t's).
+// initrc_t's fds) and chkpwd_t (base policy, may use init_t's fds but not initrc_t's, so PID 1
+// mounts the overlay).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -23,6 +24,8 @@ const ELF_DENIAL = /comm="(nip-true|unix_verify|kubelet)"|scontext=\S*:(chkpwd_t
 let fx: VmPivotFixture;
 let vm: Vm;
 let deltaListing = '';
+/** The delta pivot's mount facts: who mounted the overlay. */
+let overlayMounter: unknown;
 
 interface ElfRuns { kubelet: string; networkd: number; chkpwd: number; denials: string[]; harness: string[] }
 /** vm.exec's stdio files (var_lib_t) that a confined domain may not read or append: the bed's, not the pivot's. */
@@ -98,6 +101,7 @@ describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs r
     expect(m.reason).toMatch(/^staging "auto": the root lives in RAM \(/);
     expect(m.reason).not.toMatch(/falling back/);
     expect((await vm.sh('findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1')).stdout).toMatch(/^overlay .*lowerdir=.*\/usr:\/run\/node-image-pivot\/booted-usr/);
+    overlayMounter = (phaseFacts(await pivotState(vm), 'mount') as { overlayMounter?: unknown }).overlayMounter;
     deltaListing = await usrListing();
     expect(deltaListing).toMatch(/^\/bin\/nip-true\t.*security\.selinux=/m);
   }, PIVOT_DEADLINE_MS + 1_500_000);
@@ -107,25 +111,25 @@ describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs r
     report('delta', deltaRuns);
     expect(deltaRuns.kubelet).toBe('0 system_u:system_r:nipkubelet_t:s0');
     expect(deltaRuns.networkd).toBe(0);
-    expect(deltaRuns.denials.filter((l) => !/scontext=\S*:chkpwd_t:/.test(l))).toEqual([]);
+    expect(deltaRuns.denials).toEqual([]);
   }, 900_000);
 
-  // KNOWN FAILURE, kept visible (it.fails: this turns red once it passes). On Linux 6.1 an
-  // mmap'd overlay file's vma maps the top layer's real file, opened by overlayfs with the
-  // mounter's credentials (the agent: initrc_t); ld.so's RELRO mprotect is then checked as
-  // `fd use` on initrc_t, which chkpwd_t may not: exit 127 and
-  // `denied { use } ... comm="unix_verify" path="/usr/sbin/unix_verify" dev="tmpfs" ... tcontext=...:initrc_t:s0 tclass=fd`.
-  // The next test shows the same delta mounted by init_t runs it.
-  it.fails('boot 1 (delta): KNOWN FAILURE: chkpwd_t cannot run a new ELF of the delta (fd use on the mounter, initrc_t)', () => {
+  // On Linux 6.1 an mmap'd overlay file's vma maps the top layer's real file, opened by
+  // overlayfs with the mounter's credentials; ld.so's RELRO mprotect is then checked as `fd use`
+  // on the mounter's domain. chkpwd_t may use init_t's fds but not the agent's (initrc_t), so
+  // the pivot has PID 1 mount the overlay (src/mount-ops.ts OverlayMounter).
+  it('boot 1 (delta): PID 1 mounted the overlay, and chkpwd_t runs a new ELF of the delta', () => {
+    expect(overlayMounter).toBe('system_u:system_r:init_t:s0');
     expect(deltaRuns).toBeDefined();
     expect(deltaRuns!.chkpwd).toBe(0);
-    expect(deltaRuns!.denials.filter((l) => /scontext=\S*:chkpwd_t:/.test(l))).toEqual([]);
+    expect(deltaRuns!.denials).toEqual([]);
   });
 
-  // Who mounts the overlay decides whose fds a confined process must be allowed to use. The
-  // delta's top again, as a second overlay mounted once by PID 1's own domain (init_t, which
-  // SELinuxContext= keeps: an exec into the current domain needs no transition) and once the
-  // agent's way (its own domain, initrc_t); chkpwd_t runs the new ELF through each.
+  // Why PID 1 mounts it: who mounts the overlay decides whose fds a confined process must be
+  // allowed to use. The delta's top again, as a second overlay mounted once by PID 1's own
+  // domain (init_t, which SELinuxContext= keeps: an exec into the current domain needs no
+  // transition) and once the way the agent would (its own domain, initrc_t); chkpwd_t runs the
+  // new ELF through each.
   it('the same delta mounted by init_t (PID 1\'s domain) runs the ELF from chkpwd_t; mounted by initrc_t it does not', async () => {
     const top = (await vm.sh("findmnt -n -o OPTIONS /usr | tail -n 1 | tr ',' '\\n' | sed -n 's/^lowerdir=\\([^:]*\\):.*/\\1/p'")).stdout.trim();
     expect(top).toMatch(/^\/run\/node-image-pivot\/staging\/.*\/usr$/);
