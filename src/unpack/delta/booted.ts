@@ -1,6 +1,6 @@
 // The I/O half of the identity decision: facts of a path on disk (never following a symlink),
 // and byte comparisons that hold one chunk of each side in memory at a time.
-import { closeSync, constants, lstatSync, openSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, readlinkSync, readSync, type BigIntStats, type Stats } from 'node:fs';
 import { readXattrs } from '../../xattr.ts';
 import type { TarEntry } from '../tar.ts';
 import type { BootedFacts, NodeFacts, NodeType } from './identity.ts';
@@ -8,7 +8,7 @@ import type { BootedFacts, NodeFacts, NodeType } from './identity.ts';
 const CHUNK = 256 * 1024;
 const READ_NOFOLLOW = constants.O_RDONLY | constants.O_NOFOLLOW;
 
-export function typeOfStats(st: BigIntStats): NodeType {
+export function typeOfStats(st: Stats | BigIntStats): NodeType {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
@@ -18,10 +18,7 @@ export function typeOfStats(st: BigIntStats): NodeType {
   return 'socket';
 }
 
-/** undefined when nothing is there. */
-export function factsOnDisk(path: string): BootedFacts | undefined {
-  const st = lstatSync(path, { bigint: true, throwIfNoEntry: false });
-  if (!st) return undefined;
+function factsOfStats(path: string, st: Stats | BigIntStats): NodeFacts {
   const type = typeOfStats(st);
   const rdev = Number(st.rdev);
   return {
@@ -33,9 +30,23 @@ export function factsOnDisk(path: string): BootedFacts | undefined {
     ...(type === 'symlink' ? { linkTarget: readlinkSync(path) } : {}),
     ...(type === 'char' || type === 'block' ? { rdev: { major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) } } : {}),
     xattrs: readXattrs(path),
-    dev: st.dev,
-    ino: st.ino,
   };
+}
+
+/**
+ * undefined when nothing is there. Without the inode's identity: a bigint lstat costs nearly
+ * twice a plain one (80 against 45 ms for 8,700 files), and only the ostree-object shortcut
+ * compares inodes.
+ */
+export function factsOnDisk(path: string): NodeFacts | undefined {
+  const st = lstatSync(path, { throwIfNoEntry: false });
+  return st ? factsOfStats(path, st) : undefined;
+}
+
+/** factsOnDisk with dev and ino exact (bigint: a 64-bit inode number may not fit a double). */
+export function identifiedFactsOnDisk(path: string): BootedFacts | undefined {
+  const st = lstatSync(path, { bigint: true, throwIfNoEntry: false });
+  return st ? { ...factsOfStats(path, st), dev: st.dev, ino: st.ino } : undefined;
 }
 
 export function factsOfEntry(entry: TarEntry): NodeFacts {

@@ -19,7 +19,7 @@ import { DirectTarget, type DirectTargetOptions, type LayerTarget, type Outcome 
 import type { TreeReader } from '../factory-var.ts';
 import { cleanComponents, hostPath, joinRel, resolveDirInRoot, type PathProbe } from '../safepath.ts';
 import type { TarEntry } from '../tar.ts';
-import { compareBody, factsOfEntry, factsOnDisk, readRange, sameContent } from './booted.ts';
+import { compareBody, factsOfEntry, factsOnDisk, identifiedFactsOnDisk, readRange, sameContent } from './booted.ts';
 import { SELINUX_XATTR, compareToBooted, objectVerdict, type LabelLookup, type NodeFacts } from './identity.ts';
 import { ancestorsOf, planDeltaDir, type ChildView } from './plan.ts';
 import { makeWhiteouts, markOpaque } from './overlay-marks.ts';
@@ -151,8 +151,9 @@ export class DeltaTarget implements LayerTarget {
     const obj = this.opts.bootedRepo && entry.type === 'file' ? repoObjectOf(comps) : undefined;
     if (obj?.ext === 'file') {
       const from = `${this.opts.bootedRepo}/objects/${obj.csum.slice(0, 2)}/${obj.csum.slice(2)}.file`;
-      const have = factsOnDisk(from);
-      if (have?.type === 'file' && have.size === entry.size) {
+      // Only whether the object is there: its metadata is the entry's, by its name.
+      const have = lstatSync(from, { throwIfNoEntry: false });
+      if (have?.isFile() && have.size === entry.size) {
         this.stats.objectsInBootedRepo++;
         this.skip(rel, { from, facts: factsOfEntry(entry), mtime: entry.mtime }, 0);
         return 'file';
@@ -215,7 +216,7 @@ export class DeltaTarget implements LayerTarget {
       return this.direct.writeEntry(entry, comps, body);
     }
     const from = rec?.from ?? this.bootedPath(target);
-    const source = factsOnDisk(from);
+    const source = identifiedFactsOnDisk(from);
     if (!source) {
       throw new PivotError('unpack', `the booted file ${JSON.stringify(from)} that ${JSON.stringify(entry.name)} links to vanished during the unpack`, {
         path: from, fix: 'run the pivot again; nothing may change the booted /usr while it runs',
@@ -224,7 +225,7 @@ export class DeltaTarget implements LayerTarget {
     const facts = rec?.facts ?? source;
     if (this.comparable(rel)) {
       const booted = this.bootedPath(rel);
-      const bootedFacts = factsOnDisk(booted);
+      const bootedFacts = identifiedFactsOnDisk(booted);
       let v = objectVerdict(facts, source, bootedFacts, `/${rel}`, this.opts.labelFor);
       if (v.kind === 'compare-content') {
         this.stats.contentCompared++;
