@@ -136,6 +136,9 @@ describe('installer-facing interfaces e2e', () => {
     const back = await startRegistry({ storageDir: fx.registry.storageDir, port: Number(host.split(':')[1]) });
     try {
       await m.waitForUnit('multi-user.target', 'active', 180_000);
+      // The run clears the message after its isolate job and final reload: multi-user.target is
+      // active a moment before. A oneshot with RemainAfterExit is active once the run has exited 0.
+      await m.waitForUnit('node-image-pivot.service', 'active', 60_000);
       expect((await sh(m, `cat ${NODE_VERSION_FILE}`)).trim()).toBe('4.20.0-e2e');
       expect((await sh(m, `test -e ${ISSUE} && echo present || echo absent`)).trim()).toBe('absent');
       expect(await shownAtLogin(m)).not.toContain('node-image-pivot');
