@@ -1,5 +1,8 @@
-// Delta staging's correctness under enforcing (issue 14, the VM case), on one live VM and two
-// boots: the first pivots with `staging: "auto"` (delta: the root is in RAM), the reboot brings
+// Delta staging under enforcing (issue 14, the VM case), on one live VM and two boots. The first
+// sizes stagingReserveMiB in the guest so that RAM offers staging twice the compressed image:
+// `staging: "full"` (which needs three times it) is refused by the space preflight with the
+// numbers, all old, and `staging: "auto"` (delta: the root is in RAM) pivots within the same
+// reserve. The reboot brings
 // the VM back on the boot image, and the second pivots with the bed's `staging: "full"`. /usr
 // after each must be the same tree, down to every xattr including security.selinux
 // (fixtures/usr-digest.py). On each boot, new ELFs of the node image (in a delta: the overlay's
@@ -14,16 +17,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bootVm, type Vm } from './helpers/vm.ts';
 import { KUBELET_MARKER, NEW_CHKPWD_ELF, NEW_ELF, NODE_VERSION_FILE } from './fixtures/node-image.ts';
 import { installIgnition, registriesConf, registryPort, setUpVmPivot, type VmPivotFixture } from './fixtures/pivot-setup.ts';
-import { AGENT, oomKills, PIVOT_DEADLINE_MS, phaseFacts, phaseTimes, pivotState } from './fixtures/pivot-checks.ts';
+import {
+  AGENT, expectAllOld, expectPivotedUnderNewPolicy, oomKills, PIVOT_DEADLINE_MS, phaseFacts, phaseTimes, pivotState, uptimeSeconds,
+} from './fixtures/pivot-checks.ts';
 
 const DIGEST_SCRIPT = readFileSync(join(import.meta.dirname, 'fixtures/usr-digest.py'), 'utf8');
 const AUTO_CONFIG = '/etc/nip-vm/auto.json';
+const FULL_RESERVED_CONFIG = '/etc/nip-vm/full-reserved.json';
+const MIB = 2 ** 20;
+const mib = (n: number): string => `${(n / MIB).toFixed(0)} MiB`;
 /** Denials of the ELFs' runs: by their names or by the confined domains they ran in. */
 const ELF_DENIAL = /comm="(nip-true|unix_verify|kubelet)"|scontext=\S*:(chkpwd_t|systemd_networkd_t|nipkubelet_t):/;
 
 let fx: VmPivotFixture;
 let vm: Vm;
 let deltaListing = '';
+let reserveMiB = 0;
+let firstRun = Infinity;
 /** The delta pivot's mount facts: who mounted the overlay. */
 let overlayMounter: unknown;
 
@@ -32,15 +42,28 @@ interface ElfRuns { kubelet: string; networkd: number; chkpwd: number; denials: 
 const HARNESS_STDIO = /path="\/var\/lib\/nip-vm-agent\/req\.[^/"]+\/std(in|out|err)"/;
 let deltaRuns: ElfRuns | undefined;
 
-async function pivot(args: string[]): Promise<{ mode: string; reason: string }> {
+interface PullFacts { stagingMode: string; stagingModeReason: string; stagingUsedBytes: number; peakRssBytes: number; compressedBytes: number; expandedBytes: number; delta?: unknown }
+
+async function pivot(args: string[]): Promise<PullFacts & { log: string }> {
   const r = await vm.exec([AGENT, 'run', '--no-isolate', ...args], { timeoutMs: PIVOT_DEADLINE_MS });
   const s = await pivotState(vm);
   expect(r.exitCode, `${r.stderr.split('\n').slice(-30).join('\n')}\n${JSON.stringify(s).slice(0, 1500)}`).toBe(0);
-  const pull = phaseFacts(s, 'pull') as { stagingMode: string; stagingModeReason: string; stagingUsedBytes: number; peakRssBytes: number; delta?: unknown };
-  process.stderr.write(`vm delta-oracle: ${phaseTimes(s)}; staging ${pull.stagingMode} (${pull.stagingModeReason}), ${(pull.stagingUsedBytes / 2 ** 20).toFixed(0)} MiB used, `
-    + `agent peak RSS ${(pull.peakRssBytes / 2 ** 20).toFixed(0)} MiB${pull.delta ? `, delta ${JSON.stringify(pull.delta)}` : ''}\n`);
+  const pull = phaseFacts(s, 'pull') as unknown as PullFacts;
+  process.stderr.write(`vm delta-oracle: ${phaseTimes(s)}; staging ${pull.stagingMode} (${pull.stagingModeReason}), ${mib(pull.stagingUsedBytes)} used `
+    + `(${mib(pull.compressedBytes)} compressed, ${mib(pull.expandedBytes)} expanded), agent peak RSS ${mib(pull.peakRssBytes)}${pull.delta ? `, delta ${JSON.stringify(pull.delta)}` : ''}\n`);
   expect((await vm.sh(`cat ${NODE_VERSION_FILE}`)).stdout).toMatch(/^4\.20\.0-vm-module/);
-  return { mode: pull.stagingMode, reason: pull.stagingModeReason };
+  return { ...pull, log: `${r.stdout}\n${r.stderr}` };
+}
+
+/** The image's compressed size as the agent counts it: the manifest's layer sizes. */
+function layoutCompressedBytes(layoutDir: string, manifestDigest: string): number {
+  const manifest = JSON.parse(readFileSync(join(layoutDir, 'blobs/sha256', manifestDigest.replace(/^sha256:/, '')), 'utf8')) as { layers: Array<{ size: number }> };
+  return manifest.layers.reduce((sum, l) => sum + l.size, 0);
+}
+
+async function writeConfig(path: string, config: Record<string, unknown>): Promise<void> {
+  const r = await vm.sh(`cat > ${path}.tmp && mv ${path}.tmp ${path} && restorecon ${path} && cat ${path}`, { input: JSON.stringify(config) });
+  expect(JSON.parse(r.stdout), r.stderr).toEqual(config);
 }
 
 /** The digest listing of the guest's /usr (fixtures/usr-digest.py), fetched compressed. */
@@ -94,13 +117,38 @@ afterAll(async () => {
   await fx?.cleanup();
 });
 
-describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs run from confined domains', () => {
-  it('boot 1: "auto" stages a delta (no fallback) and mounts the overlay; /usr is listed', async () => {
+describe('vm: delta staging where RAM cannot hold the full image; a delta /usr equals a full one under enforcing, and its new ELFs run from confined domains', () => {
+  it('boot 1: staging "full" is refused by the space preflight with the numbers, all old', async () => {
+    const compressed = layoutCompressedBytes(join(fx.workDir, 'layout-module'), fx.images.module.manifestDigest);
+    const avail = Number((await vm.sh("awk '/MemAvailable/ {print $2 * 1024}' /proc/meminfo")).stdout.trim());
+    // RAM offers staging twice the compressed image: delta's least need fits, full's (x3) does not.
+    reserveMiB = Math.floor((avail - 2 * compressed) / MIB);
+    expect(reserveMiB, `MemAvailable ${mib(avail)} leaves no reserve above 2 x ${mib(compressed)}`).toBeGreaterThan(128);
+    process.stderr.write(`vm delta-oracle: MemAvailable ${mib(avail)}, image ${mib(compressed)} compressed, stagingReserveMiB ${reserveMiB}\n`);
+    await writeConfig(FULL_RESERVED_CONFIG, { image: fx.guestRef('module'), staging: 'full', stagingReserveMiB: reserveMiB });
+    await writeConfig(AUTO_CONFIG, { image: fx.guestRef('module'), stagingReserveMiB: reserveMiB });
+    firstRun = await uptimeSeconds(vm);
+    const r = await vm.exec([AGENT, 'run', '--no-isolate', '--config', FULL_RESERVED_CONFIG], { timeoutMs: PIVOT_DEADLINE_MS });
+    expect(r.exitCode, r.stderr).toBe(9);
+    const s = await pivotState(vm);
+    expect(s.result).toBe('failed');
+    expect(s.error?.line).toMatch(/staging needs \d+ MiB \(\d+ MiB compressed x spaceFactor 3\) but only \d+ MiB is free in RAM .*Fix: give the node more RAM/);
+    process.stderr.write(`vm delta-oracle: full refused: ${s.error?.line}\n`);
+    expect((await vm.sh('ls -A /run/node-image-pivot/staging | wc -l')).stdout).toBe('0\n');
+    await expectAllOld(vm);
+  }, PIVOT_DEADLINE_MS);
+
+  it('boot 1: "auto" stages a delta (no fallback) within the same reserve and mounts the overlay; /usr is listed', async () => {
     const m = await pivot(['--config', AUTO_CONFIG]);
-    expect(m.mode).toBe('delta');
-    expect(m.reason).toMatch(/^staging "auto": the root lives in RAM \(/);
-    expect(m.reason).not.toMatch(/falling back/);
-    expect((await vm.sh('findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1')).stdout).toMatch(/^overlay .*lowerdir=.*\/usr:\/run\/node-image-pivot\/booted-usr/);
+    expect(m.stagingMode).toBe('delta');
+    expect(m.stagingModeReason).toMatch(/^staging "auto": the root lives in RAM \(/);
+    expect(m.stagingModeReason).not.toMatch(/falling back/);
+    // The log line (JSON on stderr, so its quotes are escaped).
+    expect(m.log).toMatch(/staging: delta \(staging \\"auto\\": the root lives in RAM/);
+    expect(m.stagingUsedBytes).toBeLessThan(m.expandedBytes / 4);
+    const usr = (await vm.sh('findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1')).stdout.trim();
+    expect(usr).toMatch(/^overlay .*lowerdir=.*\/usr:\/run\/node-image-pivot\/booted-usr/);
+    expect(usr.split(/[ ,]/)).toContain('ro');
     overlayMounter = (phaseFacts(await pivotState(vm), 'mount') as { overlayMounter?: unknown }).overlayMounter;
     deltaListing = await usrListing();
     expect(deltaListing).toMatch(/^\/bin\/nip-true\t.*security\.selinux=/m);
@@ -112,7 +160,9 @@ describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs r
     expect(deltaRuns.kubelet).toBe('0 system_u:system_r:nipkubelet_t:s0');
     expect(deltaRuns.networkd).toBe(0);
     expect(deltaRuns.denials).toEqual([]);
-  }, 900_000);
+    await expectPivotedUnderNewPolicy(vm, { isolated: false, sinceSeconds: firstRun });
+    expect(await oomKills(vm)).toBe('');
+  }, 2_100_000);
 
   // On Linux 6.1 an mmap'd overlay file's vma maps the top layer's real file, opened by
   // overlayfs with the mounter's credentials; ld.so's RELRO mprotect is then checked as `fd use`
@@ -158,7 +208,7 @@ describe('vm: a delta /usr equals a full one under enforcing, and its new ELFs r
     await vm.reboot();
     expect((await vm.sh('getenforce')).stdout.trim()).toBe('Enforcing');
     const m = await pivot([]);
-    expect(m.mode).toBe('full');
+    expect(m.stagingMode).toBe('full');
     expect((await vm.sh('findmnt -n -o FSTYPE /usr | tail -n 1')).stdout.trim()).not.toBe('overlay');
     const fullListing = await usrListing();
     if (fullListing !== deltaListing) {
