@@ -10,6 +10,7 @@ import type { StagingChoice } from './staging-mode.ts';
 import { removeTreeWithinMount } from './mount-recovery.ts';
 import { prepareStagingFs, stagingFullError, stagingUsedBytes, type StagingRoom } from './staging-fs.ts';
 import type { ResolvedImage, StagedTree } from './pivot-steps.ts';
+import { pacedCollections } from './gc-pacer.ts';
 import { pullProgress, type Progress } from './progress.ts';
 import { pullToDest, type PullToDestSummary } from './pull.ts';
 import type { RegistryOptions } from './registry/index.ts';
@@ -146,7 +147,7 @@ export async function stageImage(cfg: Config, image: ResolvedImage, registry: Re
       layers: summary.layers, entries: summary.entries, compressedBytes: summary.compressedBytes, expandedBytes: summary.expandedBytes, seconds: summary.seconds,
       ...stagingFacts(choice, deltaStats),
       // What staging holds in RAM on a live ISO, and what the pull cost the agent.
-      stagingUsedBytes: stagingUsedBytes(cfg.stagingDir), peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      stagingUsedBytes: stagingUsedBytes(cfg.stagingDir), peakRssBytes: process.resourceUsage().maxRSS * 1024, pacedGc: pacedCollections(),
       // `status` shows which ostree commit and image version the node now runs.
       ...(summary.bootc ? bootcFacts(summary) : {}),
     },

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { PivotError, isErrno } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
+import { bytesMoved } from '../gc-pacer.ts';
 import { log } from '../log.ts';
 import { guardedChunks, isDeadline, type PullBudget } from './bounds.ts';
 import type { RegistrySession } from './session.ts';
@@ -198,6 +199,7 @@ async function* bodyChunks(ctx: BlobContext, src: BlobSource, t: Transfer, body:
     t.hash.update(chunk);
     t.offset += chunk.length;
     ctx.stats.bytesFetched += chunk.length;
+    bytesMoved(chunk.length);
     failpoint('registry.blob.chunk');
     yield chunk;
   }

@@ -8,6 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Config } from '../config.ts';
 import { PivotError } from '../errors.ts';
 import { failpoint } from '../failpoints.ts';
+import { bytesMoved } from '../gc-pacer.ts';
 import { log } from '../log.ts';
 import {
   RUNTIME_INJECTED, XattrLinks, bootcLinkTarget, bootcPath, checkXattrsSize, repoObjectOf, type BootcImage, type RepoObject,
@@ -166,6 +167,7 @@ export async function unpackLayers(dest: string, layers: LayerSource[], opts: Un
     const countIn = counter((n) => { layerIn += n; s.compressedBytes += n; });
     const countOut = counter((n) => {
       layerOut += n;
+      bytesMoved(n);
       if (layerOut > RATIO_GRACE_BYTES && layerOut > limits.maxExpansionRatio * Math.max(layerIn, 1)) {
         throw limitError(`layer ${label} expands more than ${limits.maxExpansionRatio}x (${layerOut} bytes from ${layerIn}): decompression bomb?`, 'maxExpansionRatio', { layer: label, layerIn, layerOut });
       }
