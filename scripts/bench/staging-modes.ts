@@ -10,7 +10,9 @@
 //   - the agent's VmHWM over the whole run (polled; the facts' peakRssBytes is at pull's end);
 //   - the regular-file bytes of the staged tree (the delta's, or the full tree's, expanded bytes).
 // The guest is read through /proc/<its PID 1>/root, which resolves in its mount namespace.
-import { lstatSync, readdirSync, readFileSync, readlinkSync, mkdtempSync, rmSync, statSync, statfsSync } from 'node:fs';
+// NIP_BENCH_TIMELINE=DIR also writes DIR/<mode>-<round>.json per round: every 10 ms reading of
+// the agent's RssAnon and VmRSS, the phases and the agent's journal, to see when memory peaks.
+import { lstatSync, readdirSync, readFileSync, readlinkSync, mkdtempSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootMachine, type Machine } from '../testbed/machine.ts';
@@ -41,6 +43,8 @@ class Sampler {
   private lastScan = 0;
   private readonly ns: string;
   private readonly leader: number;
+  /** Every reading, for NIP_BENCH_TIMELINE: [epoch ms, RssAnon kB, VmRSS kB]. */
+  readonly timeline: Array<[number, number, number]> = [];
 
   constructor(leader: number) {
     this.leader = leader;
@@ -84,6 +88,8 @@ class Sampler {
         const status = readFileSync(`/proc/${pid}/status`, 'utf8');
         const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
         const anon = /RssAnon:\s+(\d+) kB/.exec(status);
+        const rss = /VmRSS:\s+(\d+) kB/.exec(status);
+        if (process.env.NIP_BENCH_TIMELINE && anon && rss) this.timeline.push([Date.now(), Number(anon[1]), Number(rss[1])]);
         if (hwm) this.peakRssBytes = Math.max(this.peakRssBytes, Number(hwm[1]) * 1024);
         if (anon) this.peakAnonBytes = Math.max(this.peakAnonBytes, Number(anon[1]) * 1024);
         // Fields 14 and 15 (utime, stime) after the parenthesised comm.
@@ -190,15 +196,20 @@ async function oneRound(mode: Mode, round: number, image: { ref: string; host: s
       polledPeakRssBytes: sampler.peakRssBytes || undefined,
       polledPeakAnonBytes: sampler.peakAnonBytes || undefined,
       agentCpuSeconds: sampler.cpuSeconds || undefined,
+      pacedGc: typeof f.pacedGc === 'object' && f.pacedGc ? f.pacedGc as ModeRow['pacedGc'] : undefined,
       delta: typeof f.delta === 'object' && f.delta ? f.delta as Record<string, unknown> : undefined,
       mountMode: typeof mount?.facts?.mode === 'string' ? mount.facts.mode : undefined,
       phases: Object.fromEntries(state.phases.map((p) => [p.name, p.seconds])),
     };
+    if (process.env.NIP_BENCH_TIMELINE) {
+      writeFileSync(join(process.env.NIP_BENCH_TIMELINE, `${mode}-${round}.json`), JSON.stringify({ phases: state.phases, timeline: sampler.timeline, journal: await m.journal('node-image-pivot.service') }));
+    }
     if (!sampler.ownTmpfs) throw new Error(`the ${mode} pivot did not stage on a tmpfs of its own (${JSON.stringify(f.staging)}): nothing to measure RAM with`);
     say(`staging round ${round} ${mode} (ran ${row.ran ?? 'unreported'}): pull ${row.pullSeconds.toFixed(2)} s, pivot ${row.pivotSeconds.toFixed(2)} s, `
       + `held ${(row.heldBytes / 2 ** 20).toFixed(1)} MiB, peak ${(row.peakStagingBytes / 2 ** 20).toFixed(1)} MiB, tree ${(row.treeFileBytes / 2 ** 20).toFixed(1)} MiB, `
       + `RSS ${((row.factsPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)}/${((row.polledPeakRssBytes ?? 0) / 2 ** 20).toFixed(0)} MiB (facts/polled), `
-      + `RssAnon ${((row.polledPeakAnonBytes ?? 0) / 2 ** 20).toFixed(0)} MiB, agent CPU ${(row.agentCpuSeconds ?? 0).toFixed(2)} s`);
+      + `RssAnon ${((row.polledPeakAnonBytes ?? 0) / 2 ** 20).toFixed(0)} MiB, agent CPU ${(row.agentCpuSeconds ?? 0).toFixed(2)} s, `
+      + `paced GCs ${row.pacedGc?.collections ?? 'n/a'} (${row.pacedGc?.seconds.toFixed(3) ?? 'n/a'} s)`);
     return row;
   } finally {
     sampler?.stop();

@@ -35,6 +35,8 @@ export interface ModeRow {
   polledPeakAnonBytes: number | undefined;
   /** user+system seconds of the agent's processes over the run (polled; steadier than wall time on a loaded machine). */
   agentCpuSeconds: number | undefined;
+  /** facts.pacedGc: the full collections paced by the bytes streamed (src/gc-pacer.ts), and their seconds. */
+  pacedGc?: { collections: number; seconds: number };
   /** facts.delta in delta mode. */
   delta: Record<string, unknown> | undefined;
   mountMode: string | undefined;
