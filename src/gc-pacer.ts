@@ -4,8 +4,8 @@
 // freed only by a full collection, which V8 starts once about 64 MiB of them have piled up. How
 // much piled up depended on timing: peak RSS varied by tens of MiB from run to run, and delta
 // staging, which allocates fewer small objects, piled up more than full staging. A full collection
-// every 16 MiB moved bounds the pile instead. The heap itself stays small (20-30 MiB), so one
-// costs a few milliseconds: ~30 collections per GiB moved.
+// every 16 MiB moved bounds the pile instead: 64 collections per GiB moved. Each took 15-25 ms
+// on the 2-core bench machine, 6-30% more pull CPU on the big bench images (docs/benchmarks.md).
 import { performance } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
