@@ -5,7 +5,8 @@
 // much piled up depended on timing: peak RSS varied by tens of MiB from run to run, and delta
 // staging, which allocates fewer small objects, piled up more than full staging. A full collection
 // every 16 MiB moved bounds the pile instead: 64 collections per GiB moved. Each took 15-25 ms
-// on the 2-core bench machine, 6-30% more pull CPU on the big bench images (docs/benchmarks.md).
+// on the 2-core bench machine: 6-30% more pull CPU on the big bench images in one side-by-side
+// run, within the noise in another, against 30-70 MiB less peak RSS in both (docs/benchmarks.md).
 import { performance } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
